@@ -5,5 +5,19 @@ from __future__ import annotations
 from .callbacks import after_this_response as after_this_response
 from .callbacks import ResponseInfo as ResponseInfo
 from .extension import Afterward as Afterward
+from .jobs import current_job as current_job
+from .jobs import Job as Job
+from .jobs import progress as progress
+from .jobs import State as State
+from .tasks import Task as Task
 
-__all__ = ["Afterward", "ResponseInfo", "after_this_response"]
+__all__ = [
+    "Afterward",
+    "Job",
+    "ResponseInfo",
+    "State",
+    "Task",
+    "after_this_response",
+    "current_job",
+    "progress",
+]

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import collections.abc as cabc
 import logging
+import os
 import signal
 import sys
 import threading
@@ -18,11 +20,23 @@ from .callbacks import ResponseInfo
 from .config import EXTENSION_KEY
 from .config import Settings
 from .errors import ConfigurationError
+from .errors import JobNotFound
 from .errors import NotInitialized
+from .jobs import Job
 from .pool import CallbackPool
+from .stores import open_store
+from .stores.base import QueueStore
+from .tasks import Task
+from .tasks import TaskOptions
+from .worker import WorkerGroup
 
 if t.TYPE_CHECKING:
     from flask import Flask
+
+    from .stores.base import Store
+
+P = t.ParamSpec("P")
+R = t.TypeVar("R")
 
 logger = logging.getLogger("flask_afterward")
 
@@ -33,8 +47,17 @@ class _AppState:
     """Everything flask-afterward keeps for one app, in ``app.extensions["afterward"]``."""
 
     def __init__(self, app: Flask, afterward: Afterward, settings: Settings) -> None:
+        self.app = app
         self.afterward = afterward
         self.settings = settings
+        #: where jobs live; opened (and validated) now, connections made per thread
+        self.store: Store = open_store(settings, instance_path=app.instance_path)
+        # Drop the connection opened to validate the store, so that a server forking
+        # after init_app (gunicorn --preload) hands no SQLite connection to children.
+        self.store.close()
+        self._workers: WorkerGroup | None = None
+        self._workers_pid = 0
+        self._workers_lock = threading.Lock()
         pool = None
         if not _is_uwsgi_without_threads():
             pool = CallbackPool(
@@ -44,10 +67,57 @@ class _AppState:
             )
         self.callbacks = CallbackRunner(app, afterward._response_hooks, pool)
 
+    def start_workers(self) -> None:
+        """Start this process's in-process workers, once (``AFTERWARD_WORKERS``).
+
+        Called on each request and enqueue, so it must be cheap when they run already;
+        a forked child sees another pid and starts its own.
+        """
+        if self._workers_pid == os.getpid():
+            return
+        settings = self.settings
+        store = self.store
+        if settings.workers == 0 or settings.eager or not isinstance(store, QueueStore):
+            self._workers_pid = os.getpid()
+            return
+        with self._workers_lock:
+            if self._workers_pid == os.getpid():
+                return
+            self._workers = WorkerGroup(
+                self.app,
+                store,
+                self.afterward.tasks,
+                threads=settings.workers,
+                lease=settings.lease,
+            )
+            self._workers.start()
+            atexit.register(self._close_workers)
+            self._workers_pid = os.getpid()
+
+    def wake_workers(self) -> None:
+        """A job was queued in this process: start or wake the local workers."""
+        self.start_workers()
+        if self._workers is not None:
+            self._workers.wake.set()
+
+    def _close_workers(self, timeout: float | None = None) -> int:
+        workers, self._workers = self._workers, None
+        if workers is None or self._workers_pid != os.getpid():
+            return 0
+        atexit.unregister(self._close_workers)
+        return workers.close(self.settings.shutdown_timeout if timeout is None else timeout)
+
     def close(self, timeout: float | None = None) -> int:
-        """Let pending work finish within ``timeout`` and stop every thread."""
+        """Let pending work finish within ``timeout`` and stop every thread.
+
+        Returns how many callbacks did not finish plus how many running jobs were put
+        back in the queue.
+        """
         pool = self.callbacks.pool
-        return pool.close(timeout) if pool is not None else 0
+        left = pool.close(timeout) if pool is not None else 0
+        left += self._close_workers(timeout)
+        self.store.close()
+        return left
 
 
 class Afterward:
@@ -72,6 +142,8 @@ class Afterward:
 
     def __init__(self, app: Flask | None = None) -> None:
         self._response_hooks: list[cabc.Callable[[ResponseInfo], object]] = []
+        #: the registered tasks by name; workers look jobs' tasks up here
+        self.tasks: dict[str, Task[..., t.Any]] = {}
         if app is not None:
             self.init_app(app)
 
@@ -92,8 +164,94 @@ class Afterward:
         state = _AppState(app, self, settings)
         app.extensions[EXTENSION_KEY] = state
         app.teardown_request(capture_on_teardown)
+        app.before_request(state.start_workers)
         app.wsgi_app = AfterResponseMiddleware(app.wsgi_app, state.callbacks)  # type: ignore[method-assign]
+        from .cli import afterward_cli
+
+        app.cli.add_command(afterward_cli)
         _exit_cleanly_on_sigterm()
+
+    @t.overload
+    def task(self, fn: cabc.Callable[P, R], /) -> Task[P, R]: ...
+
+    @t.overload
+    def task(
+        self,
+        fn: None = None,
+        /,
+        *,
+        name: str | None = None,
+        queue: str = "default",
+        priority: int = 0,
+        retries: int = 0,
+        retry_backoff: float = 1.0,
+        timeout: float | None = None,
+        result_ttl: float | None = None,
+    ) -> cabc.Callable[[cabc.Callable[P, R]], Task[P, R]]: ...
+
+    def task(
+        self,
+        fn: cabc.Callable[P, R] | None = None,
+        /,
+        *,
+        name: str | None = None,
+        queue: str = "default",
+        priority: int = 0,
+        retries: int = 0,
+        retry_backoff: float = 1.0,
+        timeout: float | None = None,
+        result_ttl: float | None = None,
+    ) -> Task[P, R] | cabc.Callable[[cabc.Callable[P, R]], Task[P, R]]:
+        """Make a function a task: calling it runs it now; ``.delay()`` makes a job.
+
+        Use it bare (``@afterward.task``) or with options
+        (``@afterward.task(retries=3, timeout=60, queue="mail")``).
+
+        :param name: the name jobs are stored under; default ``module.qualname``.
+            Queued jobs find their task by this name, so keep it stable.
+        :param retries: attempts after the first, with exponential back-off from
+            ``retry_backoff`` seconds.
+        :param timeout: seconds an attempt may run before it counts as failed.
+        :param result_ttl: seconds a finished job is kept (default
+            ``AFTERWARD_RESULT_TTL``).
+        :raises ConfigurationError: for a bad option or a name already taken.
+
+        .. versionadded:: 0.1
+        """
+        config = TaskOptions(
+            queue=queue,
+            priority=priority,
+            retries=retries,
+            retry_backoff=retry_backoff,
+            timeout=timeout,
+            result_ttl=result_ttl,
+        )
+
+        def decorate(fn: cabc.Callable[P, R]) -> Task[P, R]:
+            task_name = name or f"{fn.__module__}.{fn.__qualname__}"
+            if task_name in self.tasks:
+                raise ConfigurationError(
+                    f"A task named {task_name!r} is already registered. Give one of them "
+                    "another name with @afterward.task(name=...)."
+                )
+            task = Task(fn, name=task_name, config=config)
+            self.tasks[task_name] = task
+            return task
+
+        return decorate if fn is None else decorate(fn)
+
+    def job(self, job_id: str, *, app: Flask | None = None) -> Job[t.Any]:
+        """Look a job up by id.
+
+        :raises JobNotFound: if no job has this id, or it expired.
+
+        .. versionadded:: 0.1
+        """
+        store = self._state(app).store
+        record = store.get(job_id)
+        if record is None:
+            raise JobNotFound(f"No job has the id {job_id!r}; it never existed or expired.")
+        return Job(record, store)
 
     def after_response(self, hook: ResponseHook) -> ResponseHook:
         """Decorate a function to run after every response, with a :class:`ResponseInfo`.

@@ -1,0 +1,148 @@
+"""The seam between the API and where jobs live: the ``Store`` and ``QueueStore`` protocols.
+
+Everything above this module is store-agnostic. :class:`Store` is what every store
+implements (Celery and RQ stores too: their engines run the jobs).
+:class:`QueueStore` adds what our own :class:`~flask_afterward.worker.Worker` needs to
+pull jobs, so "our worker on a Celery store" is a type error, not a runtime surprise.
+One contract suite (``tests/stores/test_contract.py``) runs against every store.
+
+Times are Unix timestamps (floats). Every method is atomic on its own and safe to call
+from several threads; stores that share a file across processes (sqlite) are safe
+across processes too.
+"""
+
+from __future__ import annotations
+
+import collections.abc as cabc
+import dataclasses
+import typing as t
+
+from ..jobs import JobRecord
+from ..jobs import State
+
+#: Extra attempts a job gets when its worker vanished (lease expired), beyond its
+#: retries: a crash is not the job's fault, but a job that kills every worker that
+#: runs it must stop somewhere.
+LOST_WORKER_ATTEMPTS: t.Final = 2
+
+#: The error text of a job whose worker vanished too often.
+LOST_ERROR = (
+    "flask_afterward.errors.WorkerLost: the job's worker stopped holding its lease "
+    "(killed or stuck) on every attempt; it was not retried again."
+)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Stats:
+    """Counts for ``flask afterward stats``."""
+
+    #: jobs per ``(queue, state)``
+    counts: dict[tuple[str, State], int]
+    #: jobs finished since the ``since`` given, per terminal state
+    finished: dict[State, int]
+
+
+@t.runtime_checkable
+class Store(t.Protocol):
+    """Where jobs live."""
+
+    def enqueue(self, record: JobRecord) -> JobRecord:
+        """Store a new job and return what was stored.
+
+        If ``record.unique_key`` is set and an active (deferred, queued or running)
+        job holds that key, nothing is stored and that job's record is returned.
+        """
+        ...
+
+    def get(self, job_id: str) -> JobRecord | None:
+        """The job, or None if the id is unknown or the job has expired."""
+        ...
+
+    def list(
+        self,
+        *,
+        state: State | None = None,
+        queue: str | None = None,
+        task: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> list[JobRecord]:
+        """Unexpired jobs matching every filter given, newest first."""
+        ...
+
+    def cancel(self, job_id: str) -> bool:
+        """Cancel a job. Deferred or queued → cancelled at once; running → the cancel
+        is requested (the worker stops it at its next ``progress()``). False if the job
+        is unknown or already finished."""
+        ...
+
+    def release_deferred(self, job_ids: cabc.Iterable[str]) -> None:
+        """Make these deferred jobs queued (their response was delivered). Jobs in any
+        other state are left alone."""
+        ...
+
+    def retry(self, job_id: str) -> bool:
+        """Queue a failed or cancelled job again, as new: attempts, error and result
+        cleared. False if it is unknown or not failed/cancelled."""
+        ...
+
+    def prune(self, now: float) -> int:
+        """Delete finished jobs whose result TTL ran out by ``now``; return how many."""
+        ...
+
+    def stats(self, since: float) -> Stats:
+        """Counts per queue and state, and jobs finished since ``since``."""
+        ...
+
+    def close(self) -> None:
+        """Release connections. The store must not be used afterwards."""
+        ...
+
+
+@t.runtime_checkable
+class QueueStore(Store, t.Protocol):
+    """A store our own worker pulls jobs from (sqlite, memory).
+
+    Only the lease holder (``worker``) may finish an attempt: ``complete``, ``fail``,
+    ``requeue`` and ``mark_cancelled`` return False, and change nothing, when the job
+    is not running under that worker any more (its lease expired and another worker
+    took it, or it was failed by a timeout).
+    """
+
+    def claim(
+        self, worker: str, queues: cabc.Sequence[str] | None, lease: float
+    ) -> JobRecord | None:
+        """Atomically take the next runnable job for ``lease`` seconds, or None.
+
+        Runnable: queued with ``run_at`` due, in one of ``queues`` (None: any), highest
+        priority first, then oldest ``run_at``. The job becomes running, its attempts
+        grow by one. Two claims never return the same job while its lease holds.
+        From time to time a claim also recovers: deferred jobs older than the defer
+        grace become queued, and running jobs whose lease expired become queued (or
+        failed, once they used ``max_retries + LOST_WORKER_ATTEMPTS`` attempts).
+        """
+        ...
+
+    def extend_lease(self, job_id: str, worker: str, lease: float) -> bool:
+        """Hold the job ``lease`` more seconds from now. False if it is no longer ours."""
+        ...
+
+    def complete(self, job_id: str, worker: str, result: str | None) -> bool:
+        """running → succeeded, with the JSON ``result``."""
+        ...
+
+    def fail(self, job_id: str, worker: str, error: str, retry_at: float | None) -> bool:
+        """running → queued at ``retry_at`` (a retry), or → failed when it is None."""
+        ...
+
+    def requeue(self, job_id: str, worker: str) -> bool:
+        """running → queued now, the attempt not counted (the worker is shutting down)."""
+        ...
+
+    def mark_cancelled(self, job_id: str, worker: str) -> bool:
+        """running → cancelled (the job honoured a cancel request)."""
+        ...
+
+    def set_progress(self, job_id: str, value: float, message: str | None) -> bool:
+        """Record progress of a running job. Returns True if a cancel was requested."""
+        ...

@@ -1,0 +1,300 @@
+"""The embedded store (``sqlite:///path``): durable jobs with no broker.
+
+Connection recipe (Huey's, tightened): one connection per thread, autocommit
+(``isolation_level=None``) so each statement is its own transaction, WAL so readers
+never block the writer, and a busy timeout so concurrent writers queue instead of
+failing. Every state change is a single ``UPDATE … WHERE state = …`` statement; SQLite
+takes the write lock before it reads, so a claim (``UPDATE … RETURNING``) is atomic
+across threads and processes without an explicit ``BEGIN IMMEDIATE``.
+
+Durability: ``synchronous=NORMAL`` by default (in WAL mode a commit survives a crash of
+the process; a power loss may lose the last commits). Add ``?synchronous=FULL`` to the
+URL to survive power loss too, at the cost of an fsync per commit.
+"""
+
+from __future__ import annotations
+
+import collections.abc as cabc
+import dataclasses
+import importlib.resources
+import json
+import os
+import sqlite3
+import threading
+import time
+import typing as t
+
+from ..errors import ConfigurationError
+from ..jobs import JobRecord
+from ..jobs import State
+from .base import LOST_ERROR
+from .base import LOST_WORKER_ATTEMPTS
+from .base import Stats
+
+#: The schema version this code writes (``PRAGMA user_version``).
+SCHEMA_VERSION: t.Final = 1
+#: Seconds between two recovery passes of one store (see ``QueueStore.claim``).
+RECOVERY_INTERVAL: t.Final = 1.0
+
+_FIELDS: t.Final = tuple(field.name for field in dataclasses.fields(JobRecord))
+_COLUMNS: t.Final = ", ".join(_FIELDS)
+
+
+def _load_queries() -> dict[str, str]:
+    text = importlib.resources.files(__package__).joinpath("sqlite.sql").read_text()
+    queries: dict[str, str] = {}
+    name = None
+    for line in text.splitlines():
+        if line.startswith("-- ") and line.endswith(" --") and " " not in line[3:-3]:
+            name = line[3:-3]
+            queries[name] = ""
+        elif name is not None:
+            queries[name] += line + "\n"
+    return {name: sql.replace("{columns}", _COLUMNS).strip() for name, sql in queries.items()}
+
+
+_SQL: t.Final = _load_queries()
+_MIGRATIONS: t.Final = [_SQL["migration_1"]]
+
+
+def _record(row: tuple[t.Any, ...]) -> JobRecord:
+    values = dict(zip(_FIELDS, row, strict=True))
+    values["state"] = State(values["state"])
+    values["is_cancel_requested"] = bool(values["is_cancel_requested"])
+    return JobRecord(**values)
+
+
+class SqliteStore:
+    """Jobs in one SQLite file, shared by every thread and process that opens it.
+
+    :param path: the database file; its folder is created if missing.
+    :param defer_grace: seconds after which a deferred job is released anyway.
+    :param synchronous: ``"NORMAL"`` (default) or ``"FULL"``.
+    :param busy_timeout: seconds a writer waits for the lock before failing.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        defer_grace: float = 60.0,
+        synchronous: str = "NORMAL",
+        busy_timeout: float = 10.0,
+    ) -> None:
+        if synchronous.upper() not in ("NORMAL", "FULL", "EXTRA", "OFF"):
+            raise ConfigurationError(
+                f"synchronous={synchronous!r} in AFTERWARD_STORE is not valid: use NORMAL or FULL."
+            )
+        self.path = path
+        self.defer_grace = defer_grace
+        self.synchronous = synchronous.upper()
+        self.busy_timeout = busy_timeout
+        self._local = threading.local()
+        self._next_recovery = 0.0
+        self._all_connections: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+        self._migrate()
+
+    # connections
+
+    def _connect(self) -> sqlite3.Connection:
+        folder = os.path.dirname(self.path)
+        if folder:
+            os.makedirs(folder, exist_ok=True)
+        connection = sqlite3.connect(
+            self.path,
+            isolation_level=None,
+            check_same_thread=False,
+            timeout=self.busy_timeout,
+            cached_statements=64,
+        )
+        try:
+            connection.execute("PRAGMA journal_mode=WAL")
+            connection.execute(f"PRAGMA synchronous={self.synchronous}")
+        except sqlite3.DatabaseError as error:
+            connection.close()
+            raise ConfigurationError(
+                f"AFTERWARD_STORE points at {self.path!r}, which is not a SQLite "
+                f"database ({error}). Point it at a new file, or move that file away."
+            ) from error
+        return connection
+
+    @property
+    def _db(self) -> sqlite3.Connection:
+        """This thread's connection, opened on first use (and again after a fork)."""
+        if self._pid != os.getpid():
+            # Connections inherited through fork() belong to the parent: never use or
+            # close them here (closing could remove the parent's WAL); drop our
+            # references without closing by keeping them alive in this process.
+            _INHERITED.extend(self._all_connections)
+            self._all_connections = []
+            self._local = threading.local()
+            self._pid = os.getpid()
+        connection: sqlite3.Connection | None = getattr(self._local, "connection", None)
+        if connection is None:
+            connection = self._local.connection = self._connect()
+            with self._lock:
+                self._all_connections.append(connection)
+        return connection
+
+    def _migrate(self) -> None:
+        db = self._db
+        (version,) = db.execute("PRAGMA user_version").fetchone()
+        if version > SCHEMA_VERSION:
+            raise ConfigurationError(
+                f"The job store {self.path!r} has schema version {version}, newer than "
+                f"this flask-afterward understands ({SCHEMA_VERSION}). Upgrade it."
+            )
+        if version == SCHEMA_VERSION:
+            return
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            (version,) = db.execute("PRAGMA user_version").fetchone()  # another process?
+            for number in range(version, SCHEMA_VERSION):
+                for statement in _MIGRATIONS[number].split(";"):
+                    if statement.strip():
+                        db.execute(statement)
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    def close(self) -> None:
+        with self._lock:
+            connections, self._all_connections = self._all_connections, []
+        if self._pid == os.getpid():
+            for connection in connections:
+                connection.close()
+        self._local = threading.local()
+
+    # Store
+
+    def enqueue(self, record: JobRecord) -> JobRecord:
+        values = dataclasses.asdict(record)
+        values["expires_at"] = record.expires_at
+        for _ in range(3):
+            if self._db.execute(_SQL["insert"], values).rowcount == 1:
+                return record
+            # Ignored: an active job holds the unique key. Return it (it may have
+            # finished meanwhile, then try again).
+            row = self._db.execute(
+                _SQL["get_active_unique"], {"unique_key": record.unique_key}
+            ).fetchone()
+            if row is not None:
+                return _record(row)
+        raise RuntimeError(f"Could not store job {record.id} after 3 tries.")
+
+    def get(self, job_id: str) -> JobRecord | None:
+        row = self._db.execute(_SQL["get"], {"id": job_id, "now": time.time()}).fetchone()
+        return None if row is None else _record(row)
+
+    def list(
+        self,
+        *,
+        state: State | None = None,
+        queue: str | None = None,
+        task: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> list[JobRecord]:
+        params = {
+            "state": None if state is None else str(state),
+            "queue": queue,
+            "task": task,
+            "now": time.time(),
+            "limit": limit,
+            "offset": offset,
+        }
+        return [_record(row) for row in self._db.execute(_SQL["list"], params)]
+
+    def cancel(self, job_id: str) -> bool:
+        params = {"id": job_id, "now": time.time()}
+        if self._db.execute(_SQL["cancel_waiting"], params).rowcount:
+            return True
+        return self._db.execute(_SQL["request_cancel"], params).rowcount == 1
+
+    def release_deferred(self, job_ids: cabc.Iterable[str]) -> None:
+        self._db.execute(_SQL["release_deferred"], {"ids": json.dumps(list(job_ids))})
+
+    def retry(self, job_id: str) -> bool:
+        cursor = self._db.execute(_SQL["retry"], {"id": job_id, "now": time.time()})
+        return cursor.rowcount == 1
+
+    def prune(self, now: float) -> int:
+        return self._db.execute(_SQL["prune"], {"now": now}).rowcount
+
+    def stats(self, since: float) -> Stats:
+        now = time.time()
+        counts = {
+            (queue, State(state)): count
+            for queue, state, count in self._db.execute(
+                _SQL["count_by_queue_and_state"], {"now": now}
+            )
+        }
+        finished = {
+            State(state): count
+            for state, count in self._db.execute(
+                _SQL["count_finished_since"], {"since": since, "now": now}
+            )
+        }
+        return Stats(counts, finished)
+
+    # QueueStore
+
+    def claim(
+        self, worker: str, queues: cabc.Sequence[str] | None, lease: float
+    ) -> JobRecord | None:
+        now = time.time()
+        if now >= self._next_recovery:
+            self._next_recovery = now + RECOVERY_INTERVAL
+            self.recover(now)
+        params: dict[str, object] = {"worker": worker, "now": now, "lease": lease}
+        if queues is None:
+            query = _SQL["claim_any"]
+        else:
+            query, params["queues"] = _SQL["claim_from_queues"], json.dumps(list(queues))
+        row = self._db.execute(query, params).fetchone()
+        return None if row is None else _record(row)
+
+    def recover(self, now: float) -> None:
+        """Release overdue deferred jobs and jobs whose worker lost its lease."""
+        db = self._db
+        db.execute(_SQL["release_overdue_deferred"], {"cutoff": now - self.defer_grace})
+        db.execute(
+            _SQL["fail_lost"],
+            {"now": now, "error": LOST_ERROR, "lost_attempts": LOST_WORKER_ATTEMPTS},
+        )
+        db.execute(_SQL["requeue_lost"], {"now": now})
+
+    def _own(self, query: str, job_id: str, worker: str, **params: object) -> bool:
+        params.update(id=job_id, worker=worker, now=time.time())
+        return self._db.execute(_SQL[query], params).rowcount == 1
+
+    def extend_lease(self, job_id: str, worker: str, lease: float) -> bool:
+        return self._own("extend_lease", job_id, worker, lease=lease)
+
+    def complete(self, job_id: str, worker: str, result: str | None) -> bool:
+        return self._own("complete", job_id, worker, result=result)
+
+    def fail(self, job_id: str, worker: str, error: str, retry_at: float | None) -> bool:
+        if retry_at is None:
+            return self._own("fail", job_id, worker, error=error)
+        return self._own("fail_for_retry", job_id, worker, error=error, retry_at=retry_at)
+
+    def requeue(self, job_id: str, worker: str) -> bool:
+        return self._own("requeue", job_id, worker)
+
+    def mark_cancelled(self, job_id: str, worker: str) -> bool:
+        return self._own("mark_cancelled", job_id, worker)
+
+    def set_progress(self, job_id: str, value: float, message: str | None) -> bool:
+        row = self._db.execute(
+            _SQL["set_progress"], {"id": job_id, "progress": value, "message": message}
+        ).fetchone()
+        return bool(row and row[0])
+
+
+# Connections a forked child inherited: kept referenced so they are never closed there.
+_INHERITED: list[sqlite3.Connection] = []

@@ -1,0 +1,366 @@
+"""Workers: claim jobs from a ``QueueStore`` and run them inside the app context.
+
+A :class:`Worker` is one loop (Huey's ``Worker.loop``, rq's ``work(burst=True)``): one
+testable iteration, ``run_once``, and an idle back-off that resets after work. A
+:class:`WorkerGroup` runs several in named threads, plus one supervisor thread that
+extends the leases of running jobs and enforces timeouts.
+
+Timeouts: Python cannot kill a thread. A job over its timeout is marked failed (or
+queued for a retry) at once, its thread is *abandoned* — it keeps running the function
+until it returns, its result is discarded, then it exits — and a new thread takes its
+place, so the group keeps its capacity. The job's next ``progress()`` call raises
+:class:`~flask_afterward.errors.JobTimeout`, so cooperative jobs stop early.
+"""
+
+from __future__ import annotations
+
+import collections.abc as cabc
+import functools
+import logging
+import os
+import random
+import secrets
+import socket
+import threading
+import time
+import typing as t
+
+from . import serializers
+from .errors import JobCancelled
+from .errors import JobTimeout
+from .errors import SerializationError
+from .jobs import format_error
+from .jobs import Job
+from .jobs import JobRecord
+from .jobs import reset_current
+from .jobs import RunningJob
+from .jobs import set_current
+from .signals import job_finished
+from .signals import job_started
+from .tasks import call_task
+from .tasks import Task
+
+if t.TYPE_CHECKING:
+    from flask import Flask
+
+    from .stores.base import QueueStore
+
+logger = logging.getLogger(__name__)
+
+
+def backoff(attempt: int, *, base: float, cap: float = 3600.0, jitter: float = 0.25) -> float:
+    """Seconds to wait before retry number ``attempt`` (1, 2, …): exponential, capped.
+
+    ``base * 2 ** (attempt - 1)``, at most ``cap``, minus up to ``jitter`` of it at
+    random so jobs that failed together do not retry in lockstep (Dramatiq's
+    ``compute_backoff``).
+    """
+    delay = min(cap, base * 2.0 ** min(attempt - 1, 62))
+    return delay * (1.0 - jitter * random.random())
+
+
+class _Attempt:
+    """The job a worker is running now, as the supervisor sees it."""
+
+    __slots__ = ("record", "deadline", "next_extension", "is_timed_out")
+
+    def __init__(self, record: JobRecord, lease: float) -> None:
+        now = time.monotonic()
+        self.record = record
+        self.deadline = None if record.timeout is None else now + record.timeout
+        self.next_extension = now + lease / 3
+        self.is_timed_out = False
+
+
+class Worker:
+    """Claims one job at a time from ``store`` and runs it.
+
+    :param tasks: the registered tasks by name.
+    :param queues: queues to take jobs from; None takes from all.
+    :param lease: seconds a claim holds; the supervisor extends it while a job runs.
+    :param name: a label for the worker id and logs.
+    """
+
+    def __init__(
+        self,
+        app: Flask,
+        store: QueueStore,
+        tasks: cabc.Mapping[str, Task[..., t.Any]],
+        *,
+        queues: cabc.Sequence[str] | None = None,
+        lease: float = 30.0,
+        name: str = "worker",
+        min_idle: float = 0.02,
+        max_idle: float = 0.5,
+    ) -> None:
+        self.app = app
+        self.store = store
+        self.tasks = tasks
+        self.queues = queues
+        self.lease = lease
+        self.min_idle = min_idle
+        self.max_idle = max_idle
+        #: unique per worker, so a lease names exactly one holder
+        self.id = f"{socket.gethostname()}:{os.getpid()}:{name}:{secrets.token_hex(4)}"
+        #: the job being run, for the supervisor
+        self.current: _Attempt | None = None
+        #: set by the supervisor when a job timed out: the loop ends after it
+        self.is_abandoned = False
+
+    def run_once(self) -> bool:
+        """Claim and run one job. Return False when nothing was runnable."""
+        record = self.store.claim(self.id, self.queues, self.lease)
+        if record is None:
+            return False
+        self.execute(record)
+        return True
+
+    def run(
+        self,
+        stop: threading.Event,
+        *,
+        burst: bool = False,
+        wake: threading.Event | None = None,
+    ) -> None:
+        """Run jobs until ``stop`` is set (or, with ``burst``, until none is runnable).
+
+        Idle, it polls with a back-off from ``min_idle`` to ``max_idle`` seconds;
+        ``wake`` (set when this process enqueues) cuts the wait short.
+        """
+        delay = self.min_idle
+        while not stop.is_set() and not self.is_abandoned:
+            if self.run_once():
+                delay = self.min_idle
+                continue
+            if burst:
+                return
+            if wake is not None and wake.wait(delay):
+                wake.clear()
+                delay = self.min_idle
+                continue
+            if wake is None:
+                stop.wait(delay)
+            delay = min(delay * 2, self.max_idle)
+
+    def execute(self, record: JobRecord) -> None:
+        """Run one claimed job and record its outcome. Exceptions never escape."""
+        task = self.tasks.get(record.task)
+        if task is None:
+            self._give_up(record, f"no task named {record.task!r} is registered")
+            return
+        try:
+            args, kwargs = serializers.loads_call(record.payload)
+        except (ValueError, KeyError, TypeError) as error:
+            self._give_up(record, f"its stored arguments cannot be read ({error})")
+            return
+        attempt = self.current = _Attempt(record, self.lease)
+        job: Job[t.Any] = Job(record, self.store)
+        job_started.send(self.app, job=job)
+        token = set_current(RunningJob(record, functools.partial(self._report, attempt)))
+        try:
+            with self.app.app_context():
+                value = call_task(task, args, kwargs)
+            result = serializers.dumps(value, what=f"the result of {task.name}")
+        except JobCancelled:
+            self._finish(job, self.store.mark_cancelled(record.id, self.id), "cancelled")
+        except JobTimeout as error:
+            if not attempt.is_timed_out:  # else the supervisor has failed it already
+                self.fail(record, job, format_error(error))
+        except SerializationError as error:
+            self.fail(record, job, format_error(error), may_retry=False)
+        except Exception as error:
+            self.fail(record, job, format_error(error))
+        else:
+            self._finish(job, self.store.complete(record.id, self.id, result), "succeeded")
+        finally:
+            reset_current(token)
+            self.current = None
+
+    def _report(self, attempt: _Attempt, fraction: float, message: str | None) -> None:
+        if attempt.is_timed_out:
+            raise JobTimeout(f"Job {attempt.record.id} ran over its timeout.")
+        if self.store.set_progress(attempt.record.id, fraction, message):
+            raise JobCancelled(f"Job {attempt.record.id} was cancelled.")
+
+    def fail(
+        self, record: JobRecord, job: Job[t.Any], error: str, *, may_retry: bool = True
+    ) -> None:
+        """Record a failed attempt: a retry with back-off if any is left, else failed."""
+        retry_at = None
+        if may_retry and record.attempts <= record.max_retries:
+            retry_at = time.time() + backoff(record.attempts, base=record.retry_backoff)
+        is_ours = self.store.fail(record.id, self.id, error, retry_at)
+        summary = error.split("\n", 1)[0]
+        if retry_at is not None:
+            logger.info(
+                "Job %s (%s) failed on attempt %d, retrying in %.1f s: %s",
+                record.id,
+                record.task,
+                record.attempts,
+                retry_at - time.time(),
+                summary,
+            )
+            self._finish(job, is_ours, "retrying")
+        else:
+            logger.warning(
+                "Job %s (%s) failed after %d attempts: %s\n%s",
+                record.id,
+                record.task,
+                record.attempts,
+                summary,
+                error.split("\n", 1)[-1],
+            )
+            self._finish(job, is_ours, "failed")
+
+    def _give_up(self, record: JobRecord, why: str) -> None:
+        error = (
+            f"flask_afterward.errors.JobFailed: job {record.id} cannot run: {why}. Deploy "
+            "code that defines the task, then run 'flask afterward retry ID'."
+        )
+        logger.error("Job %s (%s) cannot run: %s.", record.id, record.task, why)
+        self.fail(record, Job(record, self.store), error, may_retry=False)
+
+    def _finish(self, job: Job[t.Any], is_ours: bool, outcome: str) -> None:
+        if not is_ours:
+            # Our lease expired (or the timeout failed it) and the job moved on.
+            logger.warning(
+                "Job %s finished (%s) after its worker lost it; the outcome is discarded.",
+                job.id,
+                outcome,
+            )
+            return
+        logger.debug("Job %s (%s) %s.", job.id, job.record.task, outcome)
+        job_finished.send(self.app, job=job, outcome=outcome)
+
+
+class WorkerGroup:
+    """``threads`` workers in named threads, plus a supervisor; owned and stopped here.
+
+    :param name: thread name prefix: ``{name}-1`` … and ``{name}-supervisor``.
+    """
+
+    def __init__(
+        self,
+        app: Flask,
+        store: QueueStore,
+        tasks: cabc.Mapping[str, Task[..., t.Any]],
+        *,
+        threads: int,
+        queues: cabc.Sequence[str] | None = None,
+        lease: float = 30.0,
+        name: str = "flask-afterward-worker",
+    ) -> None:
+        self.app = app
+        self.store = store
+        self.tasks = tasks
+        self.size = threads
+        self.queues = queues
+        self.lease = lease
+        self.name = name
+        #: set to stop claiming; running jobs go on
+        self.stop = threading.Event()
+        #: set to end an idle wait early (a job was enqueued in this process)
+        self.wake = threading.Event()
+        self._lock = threading.Lock()
+        self._workers: dict[Worker, threading.Thread] = {}
+        self._count = 0
+        self._supervisor: threading.Thread | None = None
+
+    def start(self, *, burst: bool = False) -> None:
+        """Start the worker threads and the supervisor."""
+        for _ in range(self.size):
+            self._spawn(burst=burst)
+        self._supervisor = threading.Thread(
+            target=self._supervise, name=f"{self.name}-supervisor", daemon=True
+        )
+        self._supervisor.start()
+
+    def _spawn(self, *, burst: bool = False) -> None:
+        with self._lock:
+            self._count += 1
+            name = f"{self.name}-{self._count}"
+            worker = Worker(
+                self.app, self.store, self.tasks, queues=self.queues, lease=self.lease, name=name
+            )
+            thread = threading.Thread(
+                target=worker.run,
+                args=(self.stop,),
+                kwargs={"burst": burst, "wake": self.wake},
+                name=name,
+                daemon=True,
+            )
+            self._workers[worker] = thread
+        thread.start()
+
+    def _supervise(self) -> None:
+        tick = min(1.0, self.lease / 3)
+        while not self.stop.wait(tick) or self.running():
+            for worker in self.workers():
+                attempt = worker.current
+                if attempt is not None:
+                    self._check(worker, attempt)
+            if self.stop.is_set():
+                time.sleep(tick)  # still extending leases of jobs finishing at shutdown
+
+    def _check(self, worker: Worker, attempt: _Attempt) -> None:
+        now = time.monotonic()
+        record = attempt.record
+        if attempt.deadline is not None and now >= attempt.deadline and not attempt.is_timed_out:
+            attempt.is_timed_out = True
+            worker.is_abandoned = True
+            error = JobTimeout(f"Job {record.id} ran over its timeout of {record.timeout} s.")
+            worker.fail(record, Job(record, self.store), format_error(error))
+            logger.warning(
+                "Job %s (%s) timed out; its thread %s is abandoned and replaced.",
+                record.id,
+                record.task,
+                self._workers[worker].name,
+            )
+            if not self.stop.is_set():
+                self._spawn()
+        elif now >= attempt.next_extension:
+            attempt.next_extension = now + self.lease / 3
+            if not self.store.extend_lease(record.id, worker.id, self.lease):
+                logger.warning("Job %s lost its lease while running.", record.id)
+
+    def workers(self) -> list[Worker]:
+        """The workers whose threads are alive (abandoned ones included)."""
+        with self._lock:
+            return [w for w, thread in self._workers.items() if thread.is_alive()]
+
+    def running(self) -> list[Worker]:
+        """Workers running a job now."""
+        return [w for w in self.workers() if w.current is not None]
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait for every worker thread to end; False if some still run at ``timeout``."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._lock:
+            threads = list(self._workers.values())
+        for thread in threads:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            thread.join(left)
+        return not any(thread.is_alive() for thread in threads)
+
+    def close(self, timeout: float = 30.0) -> int:
+        """Stop claiming, give running jobs ``timeout`` seconds, requeue the rest.
+
+        Returns how many jobs were put back in the queue for another worker.
+        """
+        self.stop.set()
+        self.wake.set()
+        if self.join(timeout):
+            return 0
+        requeued = 0
+        for worker in self.running():
+            attempt = worker.current
+            if attempt is not None and self.store.requeue(attempt.record.id, worker.id):
+                requeued += 1
+        if requeued:
+            logger.warning(
+                "%d running jobs did not finish within %.1f s of shutdown; they are back "
+                "in the queue for another worker.",
+                requeued,
+                timeout,
+            )
+        return requeued
