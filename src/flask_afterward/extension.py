@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import collections.abc as cabc
+import functools
 import logging
 import os
 import signal
@@ -11,7 +12,9 @@ import sys
 import threading
 import typing as t
 
+from flask import abort
 from flask import current_app
+from flask import request
 
 from .callbacks import AfterResponseMiddleware
 from .callbacks import CallbackRunner
@@ -24,10 +27,16 @@ from .errors import JobNotFound
 from .errors import NotInitialized
 from .jobs import Job
 from .pool import CallbackPool
+from .replay import capture_request
+from .replay import REPLAY_KEY
+from .replay import run_accepted_view
 from .stores import open_store
 from .stores.base import QueueStore
 from .tasks import Task
 from .tasks import TaskOptions
+from .views import accepted_response
+from .views import ACCEPTED_TASK
+from .views import make_blueprint
 from .worker import WorkerGroup
 
 if t.TYPE_CHECKING:
@@ -37,6 +46,7 @@ if t.TYPE_CHECKING:
 
 P = t.ParamSpec("P")
 R = t.TypeVar("R")
+ViewFunction = t.TypeVar("ViewFunction", bound=cabc.Callable[..., t.Any])
 
 logger = logging.getLogger("flask_afterward")
 
@@ -144,6 +154,7 @@ class Afterward:
         self._response_hooks: list[cabc.Callable[[ResponseInfo], object]] = []
         #: the registered tasks by name; workers look jobs' tasks up here
         self.tasks: dict[str, Task[..., t.Any]] = {}
+        self._accepted_task = self.task(name=ACCEPTED_TASK)(run_accepted_view)
         if app is not None:
             self.init_app(app)
 
@@ -166,6 +177,7 @@ class Afterward:
         app.teardown_request(capture_on_teardown)
         app.before_request(state.start_workers)
         app.wsgi_app = AfterResponseMiddleware(app.wsgi_app, state.callbacks)  # type: ignore[method-assign]
+        app.register_blueprint(make_blueprint(), url_prefix=settings.url_prefix)
         from .cli import afterward_cli
 
         app.cli.add_command(afterward_cli)
@@ -239,6 +251,76 @@ class Afterward:
             return task
 
         return decorate if fn is None else decorate(fn)
+
+    @t.overload
+    def accepted(self, view: ViewFunction, /) -> ViewFunction: ...
+
+    @t.overload
+    def accepted(
+        self,
+        view: None = None,
+        /,
+        *,
+        queue: str = "default",
+        retries: int = 0,
+        timeout: float | None = None,
+        result_ttl: float | None = None,
+    ) -> cabc.Callable[[ViewFunction], ViewFunction]: ...
+
+    def accepted(
+        self,
+        view: ViewFunction | None = None,
+        /,
+        *,
+        queue: str = "default",
+        retries: int = 0,
+        timeout: float | None = None,
+        result_ttl: float | None = None,
+    ) -> ViewFunction | cabc.Callable[[ViewFunction], ViewFunction]:
+        """Run a slow view as a job; answer ``202 Accepted`` with a ``Location`` at once.
+
+        The request (method, path, query, headers, body up to
+        ``AFTERWARD_MAX_PAYLOAD``, remote address) is stored with the job. A worker
+        replays it through the app, so hooks, the session, error handlers and
+        ``current_user`` behave as in the original request, and the view's response
+        (status, headers, body) is served at the job's result URL. ``Cookie`` and
+        ``Authorization`` are stored apart and wiped when the job finishes.
+
+        .. code-block:: python
+
+            @app.post("/reports")
+            @afterward.accepted
+            def build_report():
+                progress(0.5, "half way")
+                return {"ok": True}
+
+        .. versionadded:: 0.1
+        """
+        task = self._accepted_task.options(
+            queue=queue, retries=retries, timeout=timeout, result_ttl=result_ttl
+        )
+
+        def decorate(view: ViewFunction) -> ViewFunction:
+            @functools.wraps(view)
+            def accept(*args: t.Any, **kwargs: t.Any) -> t.Any:
+                if REPLAY_KEY in request.environ:  # in the worker: run the view itself
+                    return current_app.ensure_sync(view)(*args, **kwargs)
+                limit = self._state(None).settings.max_payload
+                if (request.content_length or 0) > limit:
+                    abort(413, f"The request body is over AFTERWARD_MAX_PAYLOAD ({limit}).")
+                captured, secrets = capture_request()
+                return accepted_response(task.enqueue((captured,), {}, secrets=secrets))
+
+            return t.cast(ViewFunction, accept)
+
+        return decorate if view is None else decorate(view)
+
+    def accepted_response(self, job: Job[t.Any]) -> t.Any:
+        """``202 Accepted`` pointing at ``job``'s status, for a view that enqueued it.
+
+        .. versionadded:: 0.1
+        """
+        return accepted_response(job)
 
     def job(self, job_id: str, *, app: Flask | None = None) -> Job[t.Any]:
         """Look a job up by id.

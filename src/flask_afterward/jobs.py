@@ -119,6 +119,9 @@ class JobRecord:
     result: str | None = None  #: JSON text
     error: str | None = None  #: "module.ExcClass: message\n<traceback>", never pickled
     is_cancel_requested: bool = False  #: a running job stops at its next ``progress()``
+    #: JSON credentials the job needs (e.g. a replayed request's Cookie), kept out of
+    #: ``payload`` and wiped by the store when the job finishes
+    secrets: str | None = None
 
     def replace(self, **changes: t.Any) -> JobRecord:
         """A copy with ``changes`` applied."""

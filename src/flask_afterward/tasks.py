@@ -160,7 +160,7 @@ class Task(t.Generic[P, R]):
         :class:`~flask_afterward.errors.SerializationError` naming it, and nothing is
         stored. With ``AFTERWARD_EAGER`` the job runs right here instead.
         """
-        return self._enqueue(args, kwargs, is_deferred=False)
+        return self.enqueue(args, kwargs, is_deferred=False)
 
     def after_response(self, *args: P.args, **kwargs: P.kwargs) -> Job[R]:
         """Like :meth:`delay`, but runnable only once the response has been delivered.
@@ -171,8 +171,8 @@ class Task(t.Generic[P, R]):
         exception, the job is cancelled. Outside a request this is :meth:`delay`.
         """
         if not has_request_context():
-            return self._enqueue(args, kwargs, is_deferred=False)
-        job = self._enqueue(args, kwargs, is_deferred=True)
+            return self.enqueue(args, kwargs, is_deferred=False)
+        job = self.enqueue(args, kwargs, is_deferred=True)
         if job.state == State.DEFERRED and job.record.task == self.name:
             callbacks = current_request_callbacks()
             callbacks.calls.append(Call(_release_deferred, (job.id,), {}))
@@ -214,9 +214,20 @@ class Task(t.Generic[P, R]):
         )
         return Task(self.fn, name=self.name, config=config)
 
-    def _enqueue(
-        self, args: tuple[t.Any, ...], kwargs: dict[str, t.Any], *, is_deferred: bool
+    def enqueue(
+        self,
+        args: tuple[t.Any, ...],
+        kwargs: dict[str, t.Any],
+        *,
+        is_deferred: bool = False,
+        secrets: dict[str, str] | None = None,
     ) -> Job[R]:
+        """Store a job with these arguments: what :meth:`delay` does, for internal use.
+
+        :param is_deferred: store it ``deferred``; the caller releases it.
+        :param secrets: credentials the job needs (an accepted view's ``Cookie``),
+            kept apart from the arguments and wiped by the store when the job finishes.
+        """
         backend = _backend()
         settings = backend.settings
         payload = serializers.dumps_call(args, kwargs)
@@ -237,6 +248,7 @@ class Task(t.Generic[P, R]):
             unique_key=config.unique,
             created_at=now,
             run_at=config.eta.timestamp() if config.eta is not None else now + config.delay,
+            secrets=None if not secrets else serializers.dumps(secrets),
         )
         store = backend.store
         if settings.eager:
