@@ -16,12 +16,13 @@ import os
 import typing as t
 
 from demoapp import signup
+from demoapp import signup_jobs
 from demoapp.extensions import afterward
 from flask import Blueprint
 from flask import Flask
 
 #: Every part of the demo, in the order they are registered.
-BLUEPRINTS: tuple[Blueprint, ...] = (signup.bp,)
+BLUEPRINTS: tuple[Blueprint, ...] = (signup.bp, signup_jobs.bp)
 
 
 def create_app(
@@ -38,6 +39,7 @@ def create_app(
         app.config.update(config)
     # No AFTERWARD_* setting: the demo runs on the defaults.
     afterward.init_app(app)
+    signup_jobs.init_app(app)  # Flask-SQLAlchemy, for the durable-jobs page
     for blueprint in BLUEPRINTS:
         app.register_blueprint(blueprint)
     return app
@@ -55,7 +57,12 @@ def main() -> None:
     if "DEMO_MAIL_DELAY" in os.environ:
         config["DEMO_MAIL_DELAY"] = float(os.environ["DEMO_MAIL_DELAY"])
     app = create_app(config)
-    logging.getLogger("demo").info("Open http://127.0.0.1:%d/ and sign up.", port)
+    logging.getLogger("demo").info(
+        "Open http://127.0.0.1:%d/ (callbacks) or http://127.0.0.1:%d/jobs/ (durable jobs) "
+        "and sign up.",
+        port,
+        port,
+    )
     app.run(host="127.0.0.1", port=port, threaded=True, use_reloader=False)
 
 
