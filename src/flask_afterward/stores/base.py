@@ -9,6 +9,9 @@ One contract suite (``tests/stores/test_contract.py``) runs against every store.
 Times are Unix timestamps (floats). Every method is atomic on its own and safe to call
 from several threads; stores that share a file across processes (sqlite) are safe
 across processes too.
+
+A finished job never holds ``secrets``: every transition into succeeded, failed or
+cancelled wipes them, and a finished record given to ``enqueue`` is stored without.
 """
 
 from __future__ import annotations
@@ -50,7 +53,9 @@ class Store(t.Protocol):
         """Store a new job and return what was stored.
 
         If ``record.unique_key`` is set and an active (deferred, queued or running)
-        job holds that key, nothing is stored and that job's record is returned.
+        job holds that key, nothing is stored and that job's record is returned, whatever
+        the state of ``record``. A finished ``record`` (eager mode) is stored as given,
+        less its ``secrets``.
         """
         ...
 
@@ -67,7 +72,8 @@ class Store(t.Protocol):
         limit: int = 50,
         offset: int = 0,
     ) -> list[JobRecord]:
-        """Unexpired jobs matching every filter given, newest first."""
+        """Unexpired jobs matching every filter given, newest first (the most recently
+        enqueued first), skipping ``offset`` and returning at most ``limit``."""
         ...
 
     def cancel(self, job_id: str) -> bool:
@@ -82,8 +88,10 @@ class Store(t.Protocol):
         ...
 
     def retry(self, job_id: str) -> bool:
-        """Queue a failed or cancelled job again, as new: attempts, error and result
-        cleared. False if it is unknown or not failed/cancelled."""
+        """Queue a failed or cancelled job again, as new: runnable now, with attempts,
+        times, worker, progress, error, result and the cancel request cleared. False,
+        and nothing changed, if it is unknown, expired, not failed/cancelled, or if an
+        active job now holds its ``unique_key``."""
         ...
 
     def prune(self, now: float) -> int:
@@ -117,9 +125,19 @@ class QueueStore(Store, t.Protocol):
         Runnable: queued with ``run_at`` due, in one of ``queues`` (None: any), highest
         priority first, then oldest ``run_at``. The job becomes running, its attempts
         grow by one. Two claims never return the same job while its lease holds.
-        From time to time a claim also recovers: deferred jobs older than the defer
-        grace become queued, and running jobs whose lease expired become queued (or
-        failed, once they used ``max_retries + LOST_WORKER_ATTEMPTS`` attempts).
+        From time to time a claim also runs :meth:`recover`.
+        """
+        ...
+
+    def recover(self, now: float) -> None:
+        """Recover jobs stuck in a state by a vanished process, as of ``now``.
+
+        Deferred jobs whose ``run_at`` is older than the defer grace become queued
+        (their request process died before releasing them). Running jobs whose lease
+        ran out by ``now`` become queued, runnable at ``now`` (their worker died or
+        hung), or failed with :data:`LOST_ERROR` once they used
+        ``max_retries + 1 + LOST_WORKER_ATTEMPTS`` attempts. :meth:`claim` calls this
+        itself from time to time; call it directly to recover at once (the CLI, tests).
         """
         ...
 
@@ -144,5 +162,6 @@ class QueueStore(Store, t.Protocol):
         ...
 
     def set_progress(self, job_id: str, value: float, message: str | None) -> bool:
-        """Record progress of a running job. Returns True if a cancel was requested."""
+        """Record progress and message of a running job. Returns True if a cancel was
+        requested. A job that is not running is left alone and False returned."""
         ...

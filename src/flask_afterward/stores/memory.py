@@ -33,12 +33,20 @@ class MemoryStore:
 
     def enqueue(self, record: JobRecord) -> JobRecord:
         with self._lock:
-            if record.unique_key is not None:
-                for other in self._jobs.values():
-                    if other.unique_key == record.unique_key and other.state in ACTIVE:
-                        return other
+            holder = self._active_holder(record.unique_key)
+            if holder is not None:
+                return holder
+            if record.state in TERMINAL and record.secrets is not None:
+                record = record.replace(secrets=None)
             self._jobs[record.id] = record
             return record
+
+    def _active_holder(self, unique_key: str | None) -> JobRecord | None:
+        if unique_key is not None:
+            for other in self._jobs.values():
+                if other.unique_key == unique_key and other.state in ACTIVE:
+                    return other
+        return None
 
     def get(self, job_id: str) -> JobRecord | None:
         with self._lock:
@@ -58,15 +66,16 @@ class MemoryStore:
     ) -> list[JobRecord]:
         now = time.time()
         with self._lock:
+            # Newest first is reversed insertion order: dicts keep it, and replacing a
+            # record keeps its place (as an UPDATE keeps sqlite's rowid).
             records = [
                 record
-                for record in self._jobs.values()
+                for record in reversed(self._jobs.values())
                 if (state is None or record.state == state)
                 and (queue is None or record.queue == queue)
                 and (task is None or record.task == task)
                 and not _is_expired(record, now)
             ]
-        records.sort(key=lambda record: record.created_at, reverse=True)
         return records[offset : offset + limit]
 
     def cancel(self, job_id: str) -> bool:
@@ -77,7 +86,9 @@ class MemoryStore:
             if record.state == State.RUNNING:
                 self._jobs[job_id] = record.replace(is_cancel_requested=True)
             else:
-                self._jobs[job_id] = record.replace(state=State.CANCELLED, finished_at=time.time())
+                self._jobs[job_id] = record.replace(
+                    state=State.CANCELLED, finished_at=time.time(), secrets=None
+                )
             return True
 
     def release_deferred(self, job_ids: cabc.Iterable[str]) -> None:
@@ -89,12 +100,18 @@ class MemoryStore:
 
     def retry(self, job_id: str) -> bool:
         with self._lock:
+            now = time.time()
             record = self._jobs.get(job_id)
-            if record is None or record.state not in (State.FAILED, State.CANCELLED):
+            if (
+                record is None
+                or record.state not in (State.FAILED, State.CANCELLED)
+                or _is_expired(record, now)
+                or self._active_holder(record.unique_key) is not None
+            ):
                 return False
             self._jobs[job_id] = record.replace(
                 state=State.QUEUED,
-                run_at=time.time(),
+                run_at=now,
                 attempts=0,
                 started_at=None,
                 finished_at=None,
@@ -118,8 +135,11 @@ class MemoryStore:
     def stats(self, since: float) -> Stats:
         counts: collections.Counter[tuple[str, State]] = collections.Counter()
         finished: collections.Counter[State] = collections.Counter()
+        now = time.time()
         with self._lock:
             for record in self._jobs.values():
+                if _is_expired(record, now):
+                    continue
                 counts[record.queue, record.state] += 1
                 if record.finished_at is not None and record.finished_at >= since:
                     finished[record.state] += 1
@@ -157,6 +177,10 @@ class MemoryStore:
             self._jobs[claimed.id] = claimed
             return claimed
 
+    def recover(self, now: float) -> None:
+        with self._lock:
+            self._recover(now)
+
     def _recover(self, now: float) -> None:
         for job_id, record in list(self._jobs.items()):
             if record.state == State.DEFERRED and record.run_at + self.defer_grace <= now:
@@ -173,6 +197,7 @@ class MemoryStore:
                 else:
                     self._jobs[job_id] = record.replace(
                         state=State.FAILED,
+                        secrets=None,
                         worker=None,
                         lease_until=None,
                         finished_at=now,
@@ -195,6 +220,7 @@ class MemoryStore:
             job_id,
             worker,
             state=State.SUCCEEDED,
+            secrets=None,
             result=result,
             finished_at=time.time(),
             worker=None,
@@ -203,7 +229,11 @@ class MemoryStore:
 
     def fail(self, job_id: str, worker: str, error: str, retry_at: float | None) -> bool:
         if retry_at is None:
-            changes: dict[str, object] = {"state": State.FAILED, "finished_at": time.time()}
+            changes: dict[str, object] = {
+                "state": State.FAILED,
+                "finished_at": time.time(),
+                "secrets": None,
+            }
         else:
             changes = {"state": State.QUEUED, "run_at": retry_at}
         return self._update_own(
@@ -229,6 +259,7 @@ class MemoryStore:
             job_id,
             worker,
             state=State.CANCELLED,
+            secrets=None,
             finished_at=time.time(),
             worker=None,
             lease_until=None,
@@ -237,7 +268,7 @@ class MemoryStore:
     def set_progress(self, job_id: str, value: float, message: str | None) -> bool:
         with self._lock:
             record = self._jobs.get(job_id)
-            if record is None:
+            if record is None or record.state != State.RUNNING:
                 return False
             self._jobs[job_id] = record.replace(progress=value, message=message)
             return record.is_cancel_requested

@@ -27,12 +27,15 @@ import typing as t
 from ..errors import ConfigurationError
 from ..jobs import JobRecord
 from ..jobs import State
+from ..jobs import TERMINAL
 from .base import LOST_ERROR
 from .base import LOST_WORKER_ATTEMPTS
 from .base import Stats
 
 #: The schema version this code writes (``PRAGMA user_version``).
-SCHEMA_VERSION: t.Final = 1
+SCHEMA_VERSION: t.Final = 3
+#: Bytes per page of a new database file (see ``_connect``).
+PAGE_SIZE: t.Final = 2048
 #: Seconds between two recovery passes of one store (see ``QueueStore.claim``).
 RECOVERY_INTERVAL: t.Final = 1.0
 
@@ -54,7 +57,7 @@ def _load_queries() -> dict[str, str]:
 
 
 _SQL: t.Final = _load_queries()
-_MIGRATIONS: t.Final = [_SQL["migration_1"]]
+_MIGRATIONS: t.Final = [_SQL[f"migration_{number}"] for number in range(1, SCHEMA_VERSION + 1)]
 
 
 def _record(row: tuple[t.Any, ...]) -> JobRecord:
@@ -94,7 +97,11 @@ class SqliteStore:
         self._all_connections: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
         self._pid = os.getpid()
-        self._migrate()
+        try:
+            self._migrate()
+        except BaseException:
+            self.close()
+            raise
 
     # connections
 
@@ -110,8 +117,16 @@ class SqliteStore:
             cached_statements=64,
         )
         try:
+            # Only takes effect on a new, empty file. Every commit appends each page it
+            # touched to the WAL; 2 KiB pages halve those bytes against the default
+            # 4 KiB and raise enqueue and claim rates by about a third (measured on
+            # schema 2; rows of a few KiB spill into overflow pages, which is fine).
+            connection.execute(f"PRAGMA page_size={PAGE_SIZE}")
             connection.execute("PRAGMA journal_mode=WAL")
             connection.execute(f"PRAGMA synchronous={self.synchronous}")
+        except sqlite3.OperationalError:
+            connection.close()  # e.g. locked: a real SQLite file, the caller's problem
+            raise
         except sqlite3.DatabaseError as error:
             connection.close()
             raise ConfigurationError(
@@ -130,6 +145,7 @@ class SqliteStore:
             _INHERITED.extend(self._all_connections)
             self._all_connections = []
             self._local = threading.local()
+            self._lock = threading.Lock()  # another thread may have held it at fork()
             self._pid = os.getpid()
         connection: sqlite3.Connection | None = getattr(self._local, "connection", None)
         if connection is None:
@@ -172,7 +188,11 @@ class SqliteStore:
     # Store
 
     def enqueue(self, record: JobRecord) -> JobRecord:
-        values = dataclasses.asdict(record)
+        # Not dataclasses.asdict: it deep-copies every field, and cost more than the
+        # INSERT itself.
+        if record.state in TERMINAL and record.secrets is not None:
+            record = record.replace(secrets=None)
+        values = {name: getattr(record, name) for name in _FIELDS}
         values["expires_at"] = record.expires_at
         for _ in range(3):
             if self._db.execute(_SQL["insert"], values).rowcount == 1:

@@ -41,16 +41,38 @@ CREATE INDEX afterward_jobs_expires ON afterward_jobs (expires_at)
 CREATE UNIQUE INDEX afterward_jobs_unique ON afterward_jobs (unique_key)
     WHERE unique_key IS NOT NULL AND state IN ('deferred', 'queued', 'running');
 
+-- migration_2 --
+-- Fewer indexes to update per write (enqueue, claim and complete each rewrite every
+-- index they touch into the WAL): recovery gets one small partial index per state it
+-- scans, and listing walks the table itself newest first (rowid), so the (state, queue)
+-- and created_at indexes go.
+DROP INDEX afterward_jobs_state;
+DROP INDEX afterward_jobs_created;
+CREATE INDEX afterward_jobs_deferred ON afterward_jobs (run_at) WHERE state = 'deferred';
+CREATE INDEX afterward_jobs_running ON afterward_jobs (lease_until) WHERE state = 'running';
+
+-- migration_3 --
+-- Credentials a job needs (an accepted view's Cookie/Authorization), kept apart from
+-- the payload so every terminal transition can wipe them.
+ALTER TABLE afterward_jobs ADD COLUMN secrets TEXT;
+
 -- insert --
+-- Ignored (no row) when an active job holds the unique key: the unique index catches
+-- an active record, the WHERE a finished one (eager mode), which the index does not
+-- cover.
 INSERT OR IGNORE INTO afterward_jobs (
     id, task, payload, state, queue, priority, attempts, max_retries, retry_backoff,
     timeout, result_ttl, unique_key, created_at, run_at, started_at, finished_at,
-    worker, lease_until, progress, message, result, error, is_cancel_requested, expires_at
-) VALUES (
+    worker, lease_until, progress, message, result, error, is_cancel_requested, expires_at,
+    secrets
+) SELECT
     :id, :task, :payload, :state, :queue, :priority, :attempts, :max_retries,
     :retry_backoff, :timeout, :result_ttl, :unique_key, :created_at, :run_at,
     :started_at, :finished_at, :worker, :lease_until, :progress, :message, :result,
-    :error, :is_cancel_requested, :expires_at
+    :error, :is_cancel_requested, :expires_at, :secrets
+WHERE :unique_key IS NULL OR NOT EXISTS (
+    SELECT 1 FROM afterward_jobs
+    WHERE unique_key = :unique_key AND state IN ('deferred', 'queued', 'running')
 );
 
 -- get_active_unique --
@@ -67,12 +89,12 @@ WHERE (:state IS NULL OR state = :state)
   AND (:queue IS NULL OR queue = :queue)
   AND (:task IS NULL OR task = :task)
   AND (expires_at IS NULL OR expires_at > :now)
-ORDER BY created_at DESC, rowid DESC
+ORDER BY rowid DESC
 LIMIT :limit OFFSET :offset;
 
 -- cancel_waiting --
 UPDATE afterward_jobs
-SET state = 'cancelled', finished_at = :now, expires_at = :now + result_ttl
+SET state = 'cancelled', finished_at = :now, expires_at = :now + result_ttl, secrets = NULL
 WHERE id = :id AND state IN ('deferred', 'queued');
 
 -- request_cancel --
@@ -84,11 +106,19 @@ UPDATE afterward_jobs SET state = 'queued'
 WHERE id IN (SELECT value FROM json_each(:ids)) AND state = 'deferred';
 
 -- retry --
+-- Not an expired job (it is gone for get()), and not while another active job holds
+-- its unique key (the unique index would refuse it).
 UPDATE afterward_jobs
 SET state = 'queued', run_at = :now, attempts = 0, started_at = NULL, finished_at = NULL,
     expires_at = NULL, worker = NULL, lease_until = NULL, progress = NULL, message = NULL,
     result = NULL, error = NULL, is_cancel_requested = 0
-WHERE id = :id AND state IN ('failed', 'cancelled');
+WHERE id = :id AND state IN ('failed', 'cancelled')
+  AND (expires_at IS NULL OR expires_at > :now)
+  AND NOT EXISTS (
+    SELECT 1 FROM afterward_jobs AS holder
+    WHERE holder.unique_key = afterward_jobs.unique_key
+      AND holder.state IN ('deferred', 'queued', 'running')
+  );
 
 -- prune --
 DELETE FROM afterward_jobs WHERE expires_at <= :now;
@@ -104,11 +134,13 @@ WHERE finished_at >= :since AND (expires_at IS NULL OR expires_at > :now)
 GROUP BY state;
 
 -- claim_any --
+-- INDEXED BY: without statistics the planner prefers afterward_jobs_state and sorts
+-- every queued job on each claim, which makes draining a backlog quadratic.
 UPDATE afterward_jobs
 SET state = 'running', worker = :worker, lease_until = :now + :lease,
     attempts = attempts + 1, started_at = :now
 WHERE id = (
-    SELECT id FROM afterward_jobs
+    SELECT id FROM afterward_jobs INDEXED BY afterward_jobs_runnable
     WHERE state = 'queued' AND run_at <= :now
     ORDER BY priority DESC, run_at
     LIMIT 1
@@ -116,14 +148,21 @@ WHERE id = (
 RETURNING {columns};
 
 -- claim_from_queues --
+-- The best job of each queue is one index lookup; the best of those wins. (A plain
+-- "queue IN (...) ORDER BY ..." sorts every queued job of those queues per claim.)
 UPDATE afterward_jobs
 SET state = 'running', worker = :worker, lease_until = :now + :lease,
     attempts = attempts + 1, started_at = :now
 WHERE id = (
-    SELECT id FROM afterward_jobs
-    WHERE state = 'queued' AND run_at <= :now
-      AND queue IN (SELECT value FROM json_each(:queues))
-    ORDER BY priority DESC, run_at
+    SELECT best.id
+    FROM json_each(:queues) AS wanted
+    JOIN afterward_jobs AS best ON best.id = (
+        SELECT id FROM afterward_jobs INDEXED BY afterward_jobs_runnable_by_queue
+        WHERE state = 'queued' AND queue = wanted.value AND run_at <= :now
+        ORDER BY priority DESC, run_at
+        LIMIT 1
+    )
+    ORDER BY best.priority DESC, best.run_at
     LIMIT 1
 )
 RETURNING {columns};
@@ -135,7 +174,7 @@ WHERE state = 'deferred' AND run_at <= :cutoff;
 -- fail_lost --
 UPDATE afterward_jobs
 SET state = 'failed', worker = NULL, lease_until = NULL, finished_at = :now,
-    expires_at = :now + result_ttl, error = :error
+    expires_at = :now + result_ttl, error = :error, secrets = NULL
 WHERE state = 'running' AND lease_until <= :now
   AND attempts >= max_retries + 1 + :lost_attempts;
 
@@ -151,13 +190,13 @@ WHERE id = :id AND state = 'running' AND worker = :worker;
 -- complete --
 UPDATE afterward_jobs
 SET state = 'succeeded', result = :result, finished_at = :now,
-    expires_at = :now + result_ttl, worker = NULL, lease_until = NULL
+    expires_at = :now + result_ttl, worker = NULL, lease_until = NULL, secrets = NULL
 WHERE id = :id AND state = 'running' AND worker = :worker;
 
 -- fail --
 UPDATE afterward_jobs
 SET state = 'failed', error = :error, finished_at = :now,
-    expires_at = :now + result_ttl, worker = NULL, lease_until = NULL
+    expires_at = :now + result_ttl, worker = NULL, lease_until = NULL, secrets = NULL
 WHERE id = :id AND state = 'running' AND worker = :worker;
 
 -- fail_for_retry --
@@ -174,7 +213,7 @@ WHERE id = :id AND state = 'running' AND worker = :worker;
 -- mark_cancelled --
 UPDATE afterward_jobs
 SET state = 'cancelled', finished_at = :now, expires_at = :now + result_ttl,
-    worker = NULL, lease_until = NULL
+    worker = NULL, lease_until = NULL, secrets = NULL
 WHERE id = :id AND state = 'running' AND worker = :worker;
 
 -- set_progress --
