@@ -26,33 +26,69 @@ def open_store(settings: Settings, *, instance_path: str) -> Store:
     :raises ConfigurationError: for an unknown scheme or bad options, naming the key.
     """
     url = urllib.parse.urlsplit(settings.store)
-    options = dict(urllib.parse.parse_qsl(url.query))
+    options = dict(urllib.parse.parse_qsl(url.query, keep_blank_values=True))
     if url.scheme == "memory":
         from .memory import MemoryStore
 
+        _refuse_unknown(settings, options, {}, "the memory store takes no options.")
         return MemoryStore(defer_grace=settings.defer_grace)
     if url.scheme == "sqlite":
-        from .sqlite import SqliteStore
-
-        path = url.path[1:] if url.path.startswith("/") else url.path
-        if not path:
-            raise ConfigurationError(
-                f"AFTERWARD_STORE = {settings.store!r} names no file: use "
-                "'sqlite:///relative/to/instance.sqlite3' or 'sqlite:////absolute/path'."
-            )
-        unknown = set(options) - {"synchronous", "timeout"}
-        if unknown:
-            raise ConfigurationError(
-                f"AFTERWARD_STORE has unknown options {sorted(unknown)}: the sqlite store "
-                "takes 'synchronous' (NORMAL or FULL) and 'timeout' (seconds)."
-            )
-        return SqliteStore(
-            os.path.join(instance_path, path),  # an absolute path wins in join
-            defer_grace=settings.defer_grace,
-            synchronous=options.get("synchronous", "NORMAL"),
-            busy_timeout=float(options.get("timeout", 10.0)),
-        )
+        return _open_sqlite(settings, url, options, instance_path)
     raise ConfigurationError(
         f"AFTERWARD_STORE = {settings.store!r} has an unknown scheme {url.scheme!r}. "
         f"Use one of: {', '.join(s + '://' for s in SCHEMES)}."
     )
+
+
+#: The options of a ``sqlite://`` URL, with what they accept.
+_SQLITE_OPTIONS: t.Final = {
+    "synchronous": "NORMAL or FULL",
+    "timeout": "seconds a writer waits for the lock, a number > 0",
+}
+
+
+def _open_sqlite(
+    settings: Settings,
+    url: urllib.parse.SplitResult,
+    options: dict[str, str],
+    instance_path: str,
+) -> Store:
+    from .sqlite import SqliteStore
+
+    path = url.path[1:] if url.path.startswith("/") else url.path
+    if url.netloc or not path:
+        # "sqlite://name.db" would silently put "name.db" in the host part.
+        raise ConfigurationError(
+            f"AFTERWARD_STORE = {settings.store!r} names no file: use "
+            "'sqlite:///relative/to/instance.sqlite3' or 'sqlite:////absolute/path'."
+        )
+    _refuse_unknown(settings, options, _SQLITE_OPTIONS, "the sqlite store takes")
+    timeout = options.get("timeout", "10")
+    try:
+        busy_timeout = float(timeout)
+    except ValueError:
+        busy_timeout = -1.0
+    if not busy_timeout > 0:  # also NaN
+        raise ConfigurationError(
+            f"AFTERWARD_STORE option timeout={timeout!r} is not valid: expected "
+            f"{_SQLITE_OPTIONS['timeout']}."
+        )
+    return SqliteStore(
+        os.path.join(instance_path, path),  # an absolute path wins in join
+        defer_grace=settings.defer_grace,
+        synchronous=options.get("synchronous", "NORMAL"),
+        busy_timeout=busy_timeout,
+    )
+
+
+def _refuse_unknown(
+    settings: Settings, options: dict[str, str], known: dict[str, str], takes: str
+) -> None:
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        accepted = ", ".join(f"{name!r} ({what})" for name, what in known.items())
+        raise ConfigurationError(
+            f"AFTERWARD_STORE = {settings.store!r} has unknown options {unknown}: "
+            f"{takes} {accepted}".rstrip()
+            + ("." if accepted else "")
+        )
