@@ -87,12 +87,14 @@ class CallbackPool:
         return True
 
     def _start(self) -> None:
+        # Daemon threads would die mid-callback at exit; this gives them their time.
+        # Registered first: an exit that begins while the threads are starting must
+        # still find it, and it waits on the lock we hold until they all run.
+        atexit.register(self.close)
         for number in range(1, self.size + 1):
             thread = threading.Thread(target=self._work, name=f"{self.name}-{number}", daemon=True)
             thread.start()
             self._threads.append(thread)
-        # Daemon threads would die mid-callback at exit; this gives them their time.
-        atexit.register(self.close)
 
     def _work(self) -> None:
         while (item := self._queue.get()) is not None:
