@@ -90,13 +90,18 @@ class TaskOptions:
         _check(
             _is_int(self.retries) and self.retries >= 0, "retries", self.retries, "an integer >= 0"
         )
-        _check(self.delay >= 0, "delay", self.delay, "seconds >= 0")
-        _check(self.retry_backoff >= 0, "retry_backoff", self.retry_backoff, "seconds >= 0")
+        _check(_is_seconds(self.delay, minimum=0), "delay", self.delay, "seconds >= 0")
+        _check(
+            _is_seconds(self.retry_backoff, minimum=0),
+            "retry_backoff",
+            self.retry_backoff,
+            "seconds >= 0",
+        )
         for name in ("timeout", "result_ttl"):
             value = getattr(self, name)
-            _check(value is None or value > 0, name, value, "None or seconds > 0")
+            _check(value is None or _is_seconds(value), name, value, "None or seconds > 0")
         _check(
-            self.eta is None or self.eta.tzinfo is not None,
+            self.eta is None or (isinstance(self.eta, datetime) and self.eta.tzinfo is not None),
             "eta",
             self.eta,
             "a timezone-aware datetime (naive times are ambiguous)",
@@ -108,6 +113,17 @@ class TaskOptions:
 
 def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_seconds(value: object, *, minimum: float | None = None) -> bool:
+    """A number of seconds, not NaN, ``>= minimum`` (or ``> 0`` without one).
+
+    Checks the type first, so a string from a config file is refused with a
+    :class:`ConfigurationError` rather than a ``TypeError`` from the comparison.
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
+        return False
+    return value > 0 if minimum is None else value >= minimum
 
 
 def _check(ok: bool, name: str, value: object, expected: str) -> None:
@@ -172,8 +188,11 @@ class Task(t.Generic[P, R]):
         """
         if not has_request_context():
             return self.enqueue(args, kwargs, is_deferred=False)
-        job = self.enqueue(args, kwargs, is_deferred=True)
-        if job.state == State.DEFERRED and job.record.task == self.name:
+        job_id = new_job_id()
+        job = self.enqueue(args, kwargs, is_deferred=True, job_id=job_id)
+        # Not our job when ``unique`` handed back an active one: the request that
+        # stored it releases it, and a failure of this request must not cancel it.
+        if job.id == job_id and job.state == State.DEFERRED:
             callbacks = current_request_callbacks()
             callbacks.calls.append(Call(_release_deferred, (job.id,), {}))
             callbacks.on_dropped.append(Call(_cancel_deferred, (job.id,), {}))
@@ -221,10 +240,15 @@ class Task(t.Generic[P, R]):
         *,
         is_deferred: bool = False,
         secrets: dict[str, str] | None = None,
+        job_id: str | None = None,
     ) -> Job[R]:
         """Store a job with these arguments: what :meth:`delay` does, for internal use.
 
+        With ``unique``, the active job holding the key may come back instead of a new
+        one; then nothing is stored, no signal is sent and no worker is woken.
+
         :param is_deferred: store it ``deferred``; the caller releases it.
+        :param job_id: the id to store it under; default a new random one.
         :param secrets: credentials the job needs (an accepted view's ``Cookie``),
             kept apart from the arguments and wiped by the store when the job finishes.
         """
@@ -235,7 +259,7 @@ class Task(t.Generic[P, R]):
         config = self.config
         now = time.time()
         record = JobRecord(
-            id=new_job_id(),
+            id=job_id or new_job_id(),
             task=self.name,
             payload=payload,
             state=State.DEFERRED if is_deferred else State.QUEUED,
@@ -252,18 +276,10 @@ class Task(t.Generic[P, R]):
         )
         store = backend.store
         if settings.eager:
-            try:
-                return Job(store.enqueue(run_eagerly(self, record, store)), store)
-            except Exception as error:
-                failed = record.replace(
-                    state=State.FAILED,
-                    attempts=record.max_retries + 1,
-                    error=format_error(error),
-                    finished_at=time.time(),
-                )
-                store.enqueue(failed)
-                raise
+            return Job(store.enqueue(run_eagerly(self, record, store)), store)
         job: Job[R] = Job(store.enqueue(record), store)
+        if job.id != record.id:
+            return job
         job_enqueued.send(current_app._get_current_object(), job=job)  # type: ignore[attr-defined]
         if not is_deferred:
             backend.wake_workers()
@@ -315,7 +331,9 @@ def run_eagerly(task: Task[..., t.Any], record: JobRecord, store: Store) -> JobR
     """``AFTERWARD_EAGER``: run the job here, with its retries, and return its final record.
 
     The arguments go through the same JSON round trip as a real job. An exception
-    propagates after the last attempt, so a test sees it at the ``.delay()`` call.
+    propagates after the last attempt, so a test sees it at the ``.delay()`` call; the
+    job is stored failed first. As with a worker, a result JSON cannot hold fails the
+    job at once: running it again would not change the result's type.
     """
     app = current_app._get_current_object()  # type: ignore[attr-defined]
     args, kwargs = serializers.loads_call(record.payload)
@@ -328,22 +346,32 @@ def run_eagerly(task: Task[..., t.Any], record: JobRecord, store: Store) -> JobR
         job_started.send(app, job=job)
         token = set_current(RunningJob(attempt, _eager_progress))
         try:
-            result = serializers.dumps(call_task(task, args, kwargs), what="the result")
+            value = call_task(task, args, kwargs)
+            result = serializers.dumps(value, what=f"the result of {task.name}")
         except JobCancelled:
             job_finished.send(app, job=job, outcome="cancelled")
-            return attempt.replace(state=State.CANCELLED, finished_at=time.time())
+            return attempt.replace(state=State.CANCELLED, finished_at=time.time(), secrets=None)
         except Exception as error:
-            if attempt.attempts <= attempt.max_retries:
+            is_retried = not isinstance(error, SerializationError)
+            if is_retried and attempt.attempts <= attempt.max_retries:
                 job_finished.send(app, job=job, outcome="retrying")
                 continue
             job_finished.send(app, job=job, outcome="failed")
             error.add_note(f"(flask-afterward: eager job {record.id} of {task.name} failed)")
+            failed = attempt.replace(
+                state=State.FAILED, error=format_error(error), finished_at=time.time(), secrets=None
+            )
+            store.enqueue(failed)
             raise
         finally:
             reset_current(token)
         job_finished.send(app, job=job, outcome="succeeded")
         return attempt.replace(
-            state=State.SUCCEEDED, result=result, progress=1.0, finished_at=time.time()
+            state=State.SUCCEEDED,
+            result=result,
+            progress=1.0,
+            finished_at=time.time(),
+            secrets=None,  # wiped when it finishes, as the stores do
         )
 
 

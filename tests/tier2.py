@@ -1,0 +1,56 @@
+"""Helpers shared by the in-process tier-2 tests (tasks, jobs, workers, eager mode).
+
+Not a conftest: the ``app`` fixtures that use these live in each test module, so that
+each module says which stores it runs against.
+"""
+
+from __future__ import annotations
+
+import threading
+import typing as t
+
+from flask import Flask
+
+from flask_afterward import Afterward
+from flask_afterward.config import EXTENSION_KEY
+from flask_afterward.stores.base import QueueStore
+from flask_afterward.worker import Worker
+from flask_afterward.worker import WorkerGroup
+
+#: The stores our own worker pulls from; tier-2 semantics must hold on both.
+STORES: t.Final = ("memory://", "sqlite:///afterward.sqlite3")
+#: Pytest ids for :data:`STORES`.
+STORE_IDS: t.Final = ("memory", "sqlite")
+
+
+def store_of(app: Flask) -> QueueStore:
+    """The app's job store, as the queue store the worker needs."""
+    store = app.extensions[EXTENSION_KEY].store
+    assert isinstance(store, QueueStore)
+    return store
+
+
+def worker_for(app: Flask, afterward: Afterward, **options: t.Any) -> Worker:
+    """A worker on the app's store, to drive by hand with ``run_once``/``run(burst=True)``."""
+    return Worker(app, store_of(app), afterward.tasks, **options)
+
+
+def group_for(app: Flask, afterward: Afterward, **options: t.Any) -> WorkerGroup:
+    """A worker group on the app's store; the test starts and closes it."""
+    options.setdefault("threads", 1)
+    return WorkerGroup(app, store_of(app), afterward.tasks, **options)
+
+
+def run_burst(app: Flask, afterward: Afterward) -> None:
+    """Run every runnable job, then return (rq's ``work(burst=True)``)."""
+    worker_for(app, afterward).run(threading.Event(), burst=True)
+
+
+def worker_threads() -> set[threading.Thread]:
+    """The live in-process job worker threads (supervisors excluded)."""
+    return {
+        thread
+        for thread in threading.enumerate()
+        if thread.name.startswith("flask-afterward-worker-")
+        and not thread.name.endswith("-supervisor")
+    }
