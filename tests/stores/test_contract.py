@@ -995,7 +995,7 @@ def test_fail_with_retry_at_queues_the_job_for_later(queue_store: QueueStore) ->
     assert record is not None
     assert record.state == State.QUEUED
     assert record.run_at == retry_at
-    assert record.error == "builtins.ValueError: bad"  # kept until the retry succeeds
+    assert record.error == "builtins.ValueError: bad"  # the last error stays visible while it waits
     assert record.attempts == 1
     assert record.finished_at is None
     assert record.worker is None and record.lease_until is None
