@@ -17,6 +17,7 @@ from __future__ import annotations
 import collections.abc as cabc
 import functools
 import logging
+import math
 import os
 import random
 import secrets
@@ -150,8 +151,8 @@ class Worker:
             return
         try:
             args, kwargs = serializers.loads_call(record.payload)
-        except (ValueError, KeyError, TypeError) as error:
-            self._give_up(record, f"its stored arguments cannot be read ({error})")
+        except Exception as error:  # e.g. decimal.InvalidOperation, not a ValueError
+            self._give_up(record, f"its stored arguments cannot be read ({error!r})")
             return
         attempt = self.current = _Attempt(record, self.lease)
         job: Job[t.Any] = Job(record, self.store)
@@ -318,9 +319,12 @@ class WorkerGroup:
             )
             if not self.stop.is_set():
                 self._spawn()
-        elif now >= attempt.next_extension:
+        elif not attempt.is_timed_out and now >= attempt.next_extension:
             attempt.next_extension = now + self.lease / 3
             if not self.store.extend_lease(record.id, worker.id, self.lease):
+                # Not ours any more (expired, or requeued at shutdown): say so once,
+                # not every tick for as long as the thread runs on.
+                attempt.next_extension = math.inf
                 logger.warning("Job %s lost its lease while running.", record.id)
 
     def workers(self) -> list[Worker]:
