@@ -249,8 +249,10 @@ def _name_of(fn: object) -> str:
 class AfterResponseMiddleware:
     """WSGI middleware that calls :meth:`CallbackRunner.deliver` from ``close()``.
 
-    It adds nothing to a request that registered no callback (when the app has no
-    ``after_response`` hooks): the app's own iterable is returned untouched.
+    Every response is wrapped, even one whose request has registered no callback yet:
+    a view streaming with :func:`flask.stream_with_context` can still register some
+    while the server iterates. Iteration is not wrapped, so that costs nothing per chunk.
+    A server's ``wsgi.file_wrapper`` object is returned untouched (sendfile).
     """
 
     def __init__(self, wsgi_app: WSGIApplication, runner: CallbackRunner) -> None:
@@ -279,10 +281,10 @@ class AfterResponseMiddleware:
             if server_file_wrapper is not None:
                 # Servers test isinstance(result, environ["wsgi.file_wrapper"]).
                 environ["wsgi.file_wrapper"] = server_file_wrapper
-        pending: RequestCallbacks | None = environ.get(ENVIRON_KEY)
-        if pending is None or iterable is environ.get(_FILE_WRAPPER_KEY):
+        server_file: object = environ.get(_FILE_WRAPPER_KEY)
+        if iterable is server_file:
             return iterable
-        return ClosingIterable(iterable, functools.partial(runner.deliver, pending, environ))
+        return ClosingIterable(iterable, functools.partial(_deliver_if_any, runner, environ))
 
     def _deliver_unanswered(self, environ: WSGIEnvironment, error: BaseException) -> None:
         callbacks: RequestCallbacks | None = environ.get(ENVIRON_KEY)
