@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections.abc as cabc
+import time
 
 import pytest
 from flask import Flask
@@ -11,8 +12,11 @@ from flask_afterward import Afterward
 from flask_afterward import current_job
 from flask_afterward import progress
 from flask_afterward import State
+from flask_afterward.errors import JobCancelled
 from flask_afterward.errors import JobFailed
 from flask_afterward.errors import SerializationError
+from flask_afterward.jobs import JobRecord
+from flask_afterward.jobs import new_job_id
 from flask_afterward.signals import job_finished
 from flask_afterward.signals import job_started
 from tests.tier2 import STORE_IDS
@@ -169,3 +173,27 @@ def test_secrets_are_readable_while_running_and_wiped_once_finished(
     (stored,) = store_of(app).list()
     assert stored.state == (State.FAILED if fails else State.SUCCEEDED)
     assert stored.secrets is None
+
+
+def test_a_job_whose_awaited_job_was_cancelled_fails_and_is_retried(
+    app: Flask, afterward: Afterward
+) -> None:
+    # Nothing can cancel an eager job itself: JobCancelled comes from another job.
+    now = time.time()
+    cancelled = JobRecord(
+        id=new_job_id(), task="other", payload="{}", state=State.CANCELLED, finished_at=now
+    )
+    store_of(app).enqueue(cancelled)
+    attempts: list[int] = []
+
+    @afterward.task(retries=1)
+    def parent(child_id: str) -> None:
+        attempts.append(current_job.attempt)
+        afterward.job(child_id).result(timeout=0)
+
+    with app.app_context(), pytest.raises(JobCancelled):
+        parent.delay(cancelled.id)
+    assert attempts == [1, 2]
+    (failed,) = store_of(app).list(state=State.FAILED)
+    assert failed.error is not None
+    assert failed.error.startswith("flask_afterward.errors.JobCancelled")

@@ -709,3 +709,69 @@ def test_a_forked_child_starts_its_own_workers(
         assert child["threads"] == ["flask-afterward-worker-1", "flask-afterward-worker-2"]
     finally:
         afterward.close(live_app, timeout=5)
+
+
+def test_a_job_whose_awaited_job_was_cancelled_fails_rather_than_ends_cancelled(
+    app: Flask, afterward: Afterward
+) -> None:
+    # JobCancelled from another job's result() is this job's failure, not a cancel
+    # of this job: it is retried and ends failed, with the reason.
+    attempts: list[int] = []
+
+    @afterward.task
+    def child() -> None:
+        pass
+
+    @afterward.task(retries=1, retry_backoff=0)
+    def parent(child_id: str) -> None:
+        attempts.append(current_job.attempt)
+        afterward.job(child_id).result(timeout=1)
+
+    with app.app_context():
+        awaited = child.delay()
+        awaited.cancel()
+        job = parent.delay(awaited.id)
+        run_burst(app, afterward)
+        with pytest.raises(JobFailed, match="JobCancelled: .* was cancelled"):
+            job.result(timeout=0)
+    assert attempts == [1, 2]
+
+
+class _FlakyStore:
+    """The app's store, except that the first ``claim`` fails like a locked database."""
+
+    def __init__(self, store: t.Any) -> None:
+        self._store = store
+        self.failures = 0
+
+    def __getattr__(self, name: str) -> t.Any:
+        return getattr(self._store, name)
+
+    def claim(self, *args: t.Any, **kwargs: t.Any) -> t.Any:
+        if self.failures == 0:
+            self.failures += 1
+            raise OSError("database is locked")
+        return self._store.claim(*args, **kwargs)
+
+
+def test_a_store_error_is_logged_and_the_worker_goes_on(
+    app: Flask, afterward: Afterward, caplog: pytest.LogCaptureFixture
+) -> None:
+    @afterward.task
+    def ping() -> str:
+        return "pong"
+
+    store = _FlakyStore(store_of(app))
+    worker = Worker(app, store, afterward.tasks, min_idle=0.01, max_idle=0.05)  # type: ignore[arg-type]
+    stop = threading.Event()
+    with app.app_context():
+        job = ping.delay()
+        thread = threading.Thread(target=worker.run, args=(stop,))
+        thread.start()  # an exception ending the thread would fail this test
+        try:
+            assert job.result(timeout=5) == "pong"
+        finally:
+            stop.set()
+            thread.join(5)
+    assert store.failures == 1
+    assert "database is locked" in caplog.text

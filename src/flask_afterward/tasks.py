@@ -28,7 +28,6 @@ from .callbacks import current_request_callbacks
 from .config import EXTENSION_KEY
 from .config import Settings
 from .errors import ConfigurationError
-from .errors import JobCancelled
 from .errors import NotInitialized
 from .errors import SerializationError
 from .jobs import format_error
@@ -348,10 +347,9 @@ def run_eagerly(task: Task[..., t.Any], record: JobRecord, store: Store) -> JobR
         try:
             value = call_task(task, args, kwargs)
             result = serializers.dumps(value, what=f"the result of {task.name}")
-        except JobCancelled:
-            job_finished.send(app, job=job, outcome="cancelled")
-            return attempt.replace(state=State.CANCELLED, finished_at=time.time(), secrets=None)
         except Exception as error:
+            # JobCancelled too: nothing can cancel an eager job, which is stored only
+            # once it ran, so it comes from another job's result(), a failure here.
             is_retried = not isinstance(error, SerializationError)
             if is_retried and attempt.attempts <= attempt.max_retries:
                 job_finished.send(app, job=job, outcome="retrying")

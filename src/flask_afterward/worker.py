@@ -130,7 +130,14 @@ class Worker:
         """
         delay = self.min_idle
         while not stop.is_set() and not self.is_abandoned:
-            if self.run_once():
+            try:
+                found = self.run_once()
+            except Exception:
+                # The store failed (a locked or vanished database): keep the thread,
+                # or the group would lose capacity for good; back off like when idle.
+                logger.exception("Worker %s could not claim or record a job.", self.id)
+                found = False
+            if found:
                 delay = self.min_idle
                 continue
             if burst:
@@ -162,8 +169,11 @@ class Worker:
             with self.app.app_context():
                 value = call_task(task, args, kwargs)
             result = serializers.dumps(value, what=f"the result of {task.name}")
-        except JobCancelled:
-            self._finish(job, self.store.mark_cancelled(record.id, self.id), "cancelled")
+        except JobCancelled as error:
+            if self._is_cancel_requested(record.id):
+                self._finish(job, self.store.mark_cancelled(record.id, self.id), "cancelled")
+            else:  # from another job's result(): a failure of this one
+                self.fail(record, job, format_error(error))
         except JobTimeout as error:
             if not attempt.is_timed_out:  # else the supervisor has failed it already
                 self.fail(record, job, format_error(error))
@@ -176,6 +186,10 @@ class Worker:
         finally:
             reset_current(token)
             self.current = None
+
+    def _is_cancel_requested(self, job_id: str) -> bool:
+        record = self.store.get(job_id)
+        return record is not None and record.is_cancel_requested
 
     def _report(self, attempt: _Attempt, fraction: float, message: str | None) -> None:
         if attempt.is_timed_out:
