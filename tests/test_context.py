@@ -1,0 +1,282 @@
+"""Callbacks run in an app context and a copy of their request's context.
+
+Directly through :class:`CapturedContext`, and end to end through
+``after_this_response``, including an extension that relies on teardown
+(Flask-SQLAlchemy).
+"""
+
+from __future__ import annotations
+
+import collections.abc as cabc
+import logging
+import pathlib
+import threading
+import typing as t
+
+import pytest
+import sqlalchemy as sa
+from flask import current_app
+from flask import Flask
+from flask import g
+from flask import has_request_context
+from flask import request
+from flask import session
+from flask import url_for
+from flask.testing import FlaskClient
+from flask_sqlalchemy import SQLAlchemy
+from sqlalchemy.orm import Mapped
+from sqlalchemy.orm import mapped_column
+
+from flask_afterward import after_this_response
+from flask_afterward import Afterward
+from flask_afterward.context import CapturedContext
+
+CALLBACK_THREAD = "flask-afterward-callback-"
+
+
+@pytest.fixture
+def client(app: Flask, afterward: Afterward) -> FlaskClient:
+    return app.test_client()
+
+
+def in_thread(fn: cabc.Callable[[], object]) -> object:
+    """Run ``fn`` on a fresh thread and return its result (or raise its exception)."""
+    outcome: dict[str, object] = {}
+
+    def target() -> None:
+        try:
+            outcome["value"] = fn()
+        except BaseException as error:
+            outcome["error"] = error
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    thread.join(timeout=5)
+    assert not thread.is_alive()
+    if "error" in outcome:
+        raise t.cast(BaseException, outcome["error"])
+    return outcome["value"]
+
+
+def test_capture_needs_an_app_context() -> None:
+    with pytest.raises(RuntimeError, match="application context"):
+        CapturedContext.capture()
+
+
+def test_capture_without_a_request_keeps_the_app_and_a_copy_of_g(app: Flask) -> None:
+    with app.app_context():
+        g.user = "ada"
+        captured = CapturedContext.capture()
+        g.user = "changed after the capture"
+
+    assert captured.request is None
+    assert captured.session is None
+
+    def inside() -> tuple[object, object, bool]:
+        with captured.enter():
+            return current_app.name, g.user, has_request_context()
+
+    assert in_thread(inside) == (app.name, "ada", False)
+
+
+def test_each_entry_starts_from_the_captured_g(app: Flask) -> None:
+    with app.app_context():
+        g.count = 0
+        captured = CapturedContext.capture()
+
+    def bump() -> object:
+        with captured.enter():
+            g.count += 1
+            return g.count
+
+    assert in_thread(bump) == 1
+    assert in_thread(bump) == 1  # changes made inside do not leak into the snapshot
+
+
+def test_captured_request_is_readable_in_another_thread(app: Flask) -> None:
+    with app.test_request_context(
+        "/search?q=flask", method="POST", data={"name": "ada"}, headers={"X-Trace": "t1"}
+    ):
+        assert request.form["name"] == "ada"  # the view read the body
+        session["user"] = "ada"
+        captured = CapturedContext.capture()
+
+    def inside() -> tuple[object, ...]:
+        with captured.enter():
+            return (
+                request.path,
+                request.args["q"],
+                request.headers["X-Trace"],
+                request.form["name"],
+                session["user"],
+            )
+
+    assert in_thread(inside) == ("/search", "flask", "t1", "ada", "ada")
+
+
+def test_callback_sees_request_session_g_and_app(
+    app: Flask, afterward: Afterward, client: FlaskClient
+) -> None:
+    seen: dict[str, object] = {}
+
+    def inspect() -> None:
+        seen.update(
+            app=current_app._get_current_object(),  # type: ignore[attr-defined]
+            method=request.method,
+            path=request.path,
+            args=request.args.to_dict(),
+            header=request.headers.get("X-Trace"),
+            form=request.form.to_dict(),
+            user=session.get("user"),
+            g_user=g.get("user"),
+            url=url_for("submit"),
+            thread=threading.current_thread().name,
+        )
+
+    @app.post("/submit")
+    def submit() -> str:
+        request.form.get("name")
+        session["user"] = "ada"
+        g.user = "ada from g"
+        after_this_response(inspect)
+        return "ok"
+
+    client.post("/submit?page=2", data={"name": "ada"}, headers={"X-Trace": "t1"}, buffered=True)
+    assert afterward.wait_for_callbacks(timeout=5, app=app)
+
+    assert seen == {
+        "app": app,
+        "method": "POST",
+        "path": "/submit",
+        "args": {"page": "2"},
+        "header": "t1",
+        "form": {"name": "ada"},
+        "user": "ada",
+        "g_user": "ada from g",
+        "url": "/submit",
+        "thread": seen["thread"],
+    }
+    assert str(seen["thread"]).startswith(CALLBACK_THREAD)
+
+
+def test_callback_reads_the_json_the_view_read(
+    app: Flask, afterward: Afterward, client: FlaskClient
+) -> None:
+    seen: list[object] = []
+
+    @app.post("/api")
+    def api() -> str:
+        assert request.get_json()["id"] == 7
+        after_this_response(lambda: seen.append(request.get_json()))
+        return "ok"
+
+    client.post("/api", json={"id": 7, "tags": ["a"]}, buffered=True)
+    assert afterward.wait_for_callbacks(timeout=5, app=app)
+
+    assert seen == [{"id": 7, "tags": ["a"]}]
+
+
+def test_teardown_functions_run_after_the_callback(
+    app: Flask, afterward: Afterward, client: FlaskClient
+) -> None:
+    events: list[str] = []
+
+    def where() -> str:
+        name = threading.current_thread().name
+        return "callback thread" if name.startswith(CALLBACK_THREAD) else "request thread"
+
+    @app.teardown_request
+    def teardown_request(error: BaseException | None) -> None:
+        events.append(f"teardown_request in {where()}")
+
+    @app.teardown_appcontext
+    def teardown_appcontext(error: BaseException | None) -> None:
+        events.append(f"teardown_appcontext in {where()}")
+
+    @app.get("/")
+    def index() -> str:
+        after_this_response(lambda: events.append(f"callback in {where()}"))
+        return "ok"
+
+    client.get("/", buffered=True)
+    assert afterward.wait_for_callbacks(timeout=5, app=app)
+
+    assert events == [
+        "teardown_request in request thread",
+        "teardown_appcontext in request thread",
+        "callback in callback thread",
+        "teardown_request in callback thread",
+        "teardown_appcontext in callback thread",
+    ]
+
+
+def test_failing_teardown_is_logged_after_the_callbacks_ran(
+    app: Flask, afterward: Afterward, client: FlaskClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    ran: list[str] = []
+
+    @app.teardown_appcontext
+    def fragile(error: BaseException | None) -> None:
+        if threading.current_thread().name.startswith(CALLBACK_THREAD):
+            raise RuntimeError("teardown broke")
+
+    @app.get("/")
+    def index() -> str:
+        after_this_response(ran.append, "one")
+        after_this_response(ran.append, "two")
+        return "ok"
+
+    assert client.get("/", buffered=True).status_code == 200
+    assert afterward.wait_for_callbacks(timeout=5, app=app)
+
+    assert ran == ["one", "two"]
+    [record] = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert record.name.startswith("flask_afterward")
+    assert record.exc_info is not None and str(record.exc_info[1]) == "teardown broke"
+
+
+db = SQLAlchemy()
+
+
+class Signup(db.Model):  # type: ignore[name-defined,misc]
+    id: Mapped[int] = mapped_column(primary_key=True)
+    email: Mapped[str]
+
+
+@pytest.fixture
+def with_db(app: Flask, tmp_path: pathlib.Path) -> cabc.Iterator[SQLAlchemy]:
+    app.config["SQLALCHEMY_DATABASE_URI"] = f"sqlite:///{tmp_path / 'app.sqlite3'}"
+    db.init_app(app)
+    with app.app_context():
+        db.create_all()
+    yield db
+    with app.app_context():
+        db.engine.dispose()
+
+
+def test_flask_sqlalchemy_commit_in_a_callback_persists(
+    app: Flask, with_db: SQLAlchemy, afterward: Afterward, client: FlaskClient
+) -> None:
+    def record_signup(email: str) -> None:
+        db.session.add(Signup(email=email))
+        db.session.commit()
+
+    def forget_to_commit() -> None:
+        db.session.add(Signup(email="never@example.com"))
+        db.session.flush()  # holds a connection and an open transaction
+
+    @app.post("/signup")
+    def signup() -> str:
+        after_this_response(record_signup, request.form["email"])
+        after_this_response(forget_to_commit)
+        return "welcome"
+
+    client.post("/signup", data={"email": "ada@example.com"}, buffered=True)
+    assert afterward.wait_for_callbacks(timeout=5, app=app)
+
+    # The commit landed; the teardown removed the session, which rolled the other
+    # callback's transaction back and gave its connection back to the pool.
+    with app.app_context():
+        assert db.engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+        emails = db.session.scalars(sa.select(Signup.email)).all()
+    assert emails == ["ada@example.com"]
