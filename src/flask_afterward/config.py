@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections.abc as cabc
 import dataclasses
+import math
 import os
 import typing as t
 
@@ -104,9 +105,10 @@ def _seconds(config: cabc.Mapping[str, t.Any], key: str, *, zero_ok: bool = Fals
     value = config[key]
     if hasattr(value, "total_seconds"):  # timedelta is accepted at the public edge
         value = value.total_seconds()
-    ok = isinstance(value, int | float) and not isinstance(value, bool)
-    if not ok or value < 0 or (value == 0 and not zero_ok) or value != value:
-        raise _bad(key, value, "a number of seconds " + (">= 0" if zero_ok else "> 0"))
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or value < 0 or (value == 0 and not zero_ok):
+        # Not NaN, and not infinity either: timeouts end (thread joins overflow on it).
+        raise _bad(key, value, "a finite number of seconds " + (">= 0" if zero_ok else "> 0"))
     return float(value)
 
 
