@@ -13,6 +13,7 @@ from __future__ import annotations
 import collections.abc as cabc
 import logging
 import os
+import pathlib
 import typing as t
 
 from demoapp import signup
@@ -20,6 +21,9 @@ from demoapp import signup_jobs
 from demoapp.extensions import afterward
 from flask import Blueprint
 from flask import Flask
+
+#: The directory of this file.
+EXAMPLES = pathlib.Path(__file__).resolve().parent
 
 #: Every part of the demo, in the order they are registered.
 BLUEPRINTS: tuple[Blueprint, ...] = (signup.bp, signup_jobs.bp)
@@ -29,7 +33,9 @@ def create_app(
     config: cabc.Mapping[str, t.Any] | None = None, *, instance_path: str | None = None
 ) -> Flask:
     """Build the demo app. ``config`` overrides the defaults (tests pass a short delay)."""
-    app = Flask(__name__, instance_path=instance_path)
+    # examples/instance/, however the demo is started: "python examples/demo.py" and
+    # "flask --app examples/demo.py afterward ..." must open the same job store.
+    app = Flask(__name__, instance_path=instance_path or str(EXAMPLES / "instance"))
     app.config.update(
         # Flash messages live in the signed session cookie; this key is for the demo only.
         SECRET_KEY="flask-afterward demo, not a secret",
