@@ -1,7 +1,561 @@
-"""The ``flask afterward`` command group: workers and job administration."""
+"""The ``flask afterward`` command group: workers and job administration.
+
+``flask afterward worker`` runs :class:`~flask_afterward.worker.WorkerGroup` threads in
+this process, or supervises ``--processes`` worker processes. Both stop in two stages
+(django-tasks ``db_worker``): the first SIGTERM or Ctrl+C stops claiming and gives
+running jobs ``AFTERWARD_SHUTDOWN_TIMEOUT`` seconds, then puts what is left back in the
+queue; a second one puts running jobs back at once and exits. The other commands
+(``jobs``, ``show``, ``retry``, ``cancel``, ``prune``, ``stats``) read and change the
+app's store.
+
+Errors are :class:`click.ClickException` (exit 1) or :class:`click.UsageError` (exit 2)
+with a message that says what to do, never a traceback.
+"""
 
 from __future__ import annotations
 
+import collections.abc as cabc
+import contextlib
+import dataclasses
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import typing as t
+from datetime import datetime
+from datetime import UTC
+
+import click
+from flask import current_app
 from flask.cli import AppGroup
+from flask.cli import ScriptInfo
+
+from .config import EXTENSION_KEY
+from .jobs import JobRecord
+from .jobs import State
+from .jobs import TERMINAL
+from .stores.base import QueueStore
+from .worker import WorkerGroup
+
+if t.TYPE_CHECKING:
+    from flask import Flask
+
+    from .config import Settings
+    from .stores.base import Store
+    from .tasks import Task
+
+logger = logging.getLogger("flask_afterward")
 
 afterward_cli = AppGroup("afterward", help="Run workers and manage flask-afterward jobs.")
+
+#: A worker process that dies sooner than this after its start is not restarted: it
+#: would only die again (bad code, bad store), so the supervisor stops instead.
+MIN_UPTIME: t.Final = 5.0
+#: Seconds a worker process gets, beyond the shutdown timeout, to exit before SIGKILL.
+EXIT_GRACE: t.Final = 10.0
+#: How often the main thread looks at signals, its threads and its children.
+_TICK: t.Final = 0.2
+
+
+class _Registry(t.Protocol):
+    tasks: dict[str, Task[..., t.Any]]
+
+
+class _Backend(t.Protocol):
+    """What the CLI needs from the app's flask-afterward state (``extension._AppState``)."""
+
+    settings: Settings
+    store: Store
+    afterward: _Registry
+
+    def use_workers(self, workers: WorkerGroup) -> None: ...
+
+
+def _backend() -> _Backend:
+    try:
+        return t.cast(_Backend, current_app.extensions[EXTENSION_KEY])
+    except KeyError:
+        raise click.ClickException(
+            "flask-afterward is not registered on this app. Call 'afterward.init_app(app)' "
+            "in the app factory."
+        ) from None
+
+
+def _queue_store(backend: _Backend) -> QueueStore:
+    store = backend.store
+    if not isinstance(store, QueueStore):
+        raise click.ClickException(
+            f"AFTERWARD_STORE = {backend.settings.store!r} is run by its own engine's "
+            "workers, not by 'flask afterward worker'. Start that engine's workers, or set "
+            "AFTERWARD_STORE to a sqlite:/// URL."
+        )
+    return store
+
+
+# The worker
+
+
+class _Shutdown:
+    """Two-stage shutdown on SIGTERM and SIGINT: the first asks, the second forces.
+
+    Handlers only set events; the main thread acts on them, since printing or taking
+    locks inside a signal handler can deadlock on what the interrupted code holds.
+    """
+
+    def __init__(self) -> None:
+        #: set by the first signal: stop claiming, let running jobs finish
+        self.requested = threading.Event()
+        #: set by the second signal: put running jobs back and exit now
+        self.forced = threading.Event()
+        #: set by every signal, so a waiting main thread reacts at once
+        self.wakeup = threading.Event()
+
+    def _handle(self, signum: int, frame: object) -> None:
+        (self.forced if self.requested.is_set() else self.requested).set()
+        self.wakeup.set()
+
+    @contextlib.contextmanager
+    def installed(self) -> cabc.Iterator[_Shutdown]:
+        """Handle SIGTERM and SIGINT while the block runs; restore the old handlers."""
+        previous = {
+            sig: signal.signal(sig, self._handle) for sig in (signal.SIGTERM, signal.SIGINT)
+        }
+        try:
+            yield self
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def wait(self, timeout: float) -> None:
+        """Sleep ``timeout`` seconds, or less if a signal arrives."""
+        self.wakeup.wait(timeout)
+        self.wakeup.clear()
+
+
+def _announce_shutdown(is_supervised: bool) -> None:
+    logger.info("Worker process %d is shutting down gracefully.", os.getpid())
+    if not is_supervised:  # the supervisor says it once for all its processes
+        click.echo("shutting down gracefully… (press Ctrl+C again to force)", err=True)
+
+
+@afterward_cli.command("worker")
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    default=4,
+    show_default=True,
+    help="Worker threads per process. Jobs that wait on I/O share a process well.",
+)
+@click.option(
+    "--processes",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Worker processes, each with --threads threads. CPU-bound jobs need several.",
+)
+@click.option(
+    "--queue",
+    "queues",
+    multiple=True,
+    metavar="NAME",
+    help="Take jobs from this queue only; repeat for several. Default: every queue.",
+)
+@click.option("--burst", is_flag=True, help="Exit once no job is runnable, instead of waiting.")
+@click.option("--supervisor-pid", type=int, hidden=True)
+@click.pass_context
+def worker_command(
+    ctx: click.Context,
+    threads: int,
+    processes: int,
+    queues: tuple[str, ...],
+    burst: bool,
+    supervisor_pid: int | None,
+) -> None:
+    """Run jobs from the app's store until stopped (Ctrl+C or SIGTERM).
+
+    The first signal stops taking jobs and lets running ones finish within
+    AFTERWARD_SHUTDOWN_TIMEOUT seconds, then puts the rest back in the queue; a second
+    signal puts them back at once and exits. Several workers, in as many processes or
+    on as many machines sharing the store file, may run side by side.
+    """
+    if any(not name for name in queues):
+        raise click.BadParameter("a queue name cannot be empty.", param_hint="'--queue'")
+    backend = _backend()
+    store = _queue_store(backend)
+    _log_to_stderr()
+    if processes == 1:
+        code = _run_workers(
+            backend,
+            store,
+            threads=threads,
+            queues=queues or None,
+            burst=burst,
+            supervisor_pid=supervisor_pid,
+        )
+    else:
+        command = _child_command(ctx.ensure_object(ScriptInfo), threads, queues, burst)
+        code = _Supervisor(command, processes, backend.settings.shutdown_timeout, burst).run()
+    ctx.exit(code)
+
+
+def _run_workers(
+    backend: _Backend,
+    store: QueueStore,
+    *,
+    threads: int,
+    queues: cabc.Sequence[str] | None,
+    burst: bool,
+    supervisor_pid: int | None,
+) -> int:
+    """Run one :class:`WorkerGroup` in this process until a signal (or, burst, no job).
+
+    Returns the exit status: 0, or 1 when a second signal forced the shutdown.
+    """
+    app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
+    settings = backend.settings
+    group = WorkerGroup(
+        app, store, backend.afterward.tasks, threads=threads, queues=queues, lease=settings.lease
+    )
+    # Jobs that enqueue jobs wake this group; no in-process group starts beside it.
+    backend.use_workers(group)
+    with _Shutdown().installed() as shutdown:
+        group.start(burst=burst)
+        logger.info(
+            "Worker process %d started: %d threads, queues: %s.",
+            os.getpid(),
+            threads,
+            ", ".join(queues) if queues else "all",
+        )
+        while not shutdown.requested.is_set():
+            if burst and group.join(0):
+                logger.info("Worker process %d found no runnable job (--burst).", os.getpid())
+                break
+            if supervisor_pid is not None and os.getppid() != supervisor_pid:
+                logger.warning("Worker process %d lost its supervisor.", os.getpid())
+                shutdown.requested.set()
+            shutdown.wait(_TICK)
+        else:
+            _announce_shutdown(supervisor_pid is not None)
+            _drain(group, shutdown, settings.shutdown_timeout)
+        requeued = group.requeue_running()
+        group.close(0.0)
+    if requeued:
+        why = "a second signal" if shutdown.forced.is_set() else "AFTERWARD_SHUTDOWN_TIMEOUT"
+        logger.warning(
+            "Worker process %d put %d running jobs back in the queue (%s).",
+            os.getpid(),
+            requeued,
+            why,
+        )
+    logger.info("Worker process %d stopped.", os.getpid())
+    return 1 if shutdown.forced.is_set() else 0
+
+
+def _drain(group: WorkerGroup, shutdown: _Shutdown, timeout: float) -> None:
+    """Stop claiming; wait for running jobs until ``timeout`` or a second signal."""
+    group.stop.set()
+    group.wake.set()
+    deadline = time.monotonic() + timeout
+    while not shutdown.forced.is_set():
+        left = deadline - time.monotonic()
+        if left <= 0 or group.join(min(left, _TICK)):
+            return
+
+
+def _log_to_stderr() -> None:
+    """Show the worker's lifecycle logs, unless the app configured logging itself."""
+    package_logger = logging.getLogger("flask_afterward")
+    if package_logger.hasHandlers():
+        return
+    handler = logging.StreamHandler()
+    handler.setFormatter(
+        logging.Formatter("%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s")
+    )
+    package_logger.addHandler(handler)
+    if package_logger.level == logging.NOTSET:
+        package_logger.setLevel(logging.INFO)
+
+
+def _child_command(
+    info: ScriptInfo, threads: int, queues: tuple[str, ...], burst: bool
+) -> list[str]:
+    """The command line of one worker process of ``--processes``.
+
+    Each is a fresh ``python -m flask`` rather than a ``fork()`` of this process:
+    the app factory, imported libraries or logging may have started threads already,
+    and a child forked from a threaded process can deadlock on a lock another thread
+    held at the fork (Python 3.12 warns about it); a SQLite connection must never
+    cross a fork; macOS makes fork unsafe and Windows lacks it. A fresh interpreter
+    costs one app import per process, once, and a crashed one is restarted clean.
+    Environment (``FLASK_*``, ``.env``) and working directory are inherited.
+    """
+    app_option: list[str] = []
+    if info.app_import_path:
+        app_option = ["--app", info.app_import_path]
+    elif info.create_app is not None:
+        raise click.UsageError(
+            "--processes starts 'python -m flask' processes, which need the app by "
+            "import path: run 'flask --app module:create_app afterward worker' or set "
+            "FLASK_APP."
+        )
+    command = [sys.executable, "-m", "flask", *app_option, "afterward", "worker"]
+    command += ["--threads", str(threads), "--supervisor-pid", str(os.getpid())]
+    for queue in queues:
+        command += ["--queue", queue]
+    return [*command, "--burst"] if burst else command
+
+
+@dataclasses.dataclass(slots=True)
+class _Child:
+    process: subprocess.Popen[bytes]
+    started: float
+
+
+class _Supervisor:
+    """Start ``count`` worker processes, forward signals to them, restart the lost ones."""
+
+    def __init__(self, command: list[str], count: int, shutdown_timeout: float, burst: bool):
+        self.command = command
+        self.count = count
+        self.shutdown_timeout = shutdown_timeout
+        self.burst = burst
+        self.children: dict[int, _Child] = {}
+        self.is_failed = False
+        self._forwarded = 0
+        self._kill_at: float | None = None
+
+    def run(self) -> int:
+        """Supervise until every child exited; return the exit status."""
+        with _Shutdown().installed() as shutdown:
+            for slot in range(self.count):
+                self._start(slot)
+            logger.info("Supervisor %d started %d worker processes.", os.getpid(), self.count)
+            while self.children:
+                self._forward(shutdown)
+                self._reap(shutdown)
+                if self._kill_at is not None and time.monotonic() >= self._kill_at:
+                    self._kill_all()
+                shutdown.wait(_TICK)
+        logger.info("Supervisor %d stopped.", os.getpid())
+        return 1 if self.is_failed or shutdown.forced.is_set() else 0
+
+    def _start(self, slot: int) -> None:
+        # A process group of their own: a Ctrl+C in the terminal reaches only this
+        # process, which forwards it once; otherwise each child would see it twice.
+        process = subprocess.Popen(self.command, process_group=0)
+        self.children[slot] = _Child(process, time.monotonic())
+
+    def _forward(self, shutdown: _Shutdown) -> None:
+        stage = 2 if shutdown.forced.is_set() else 1 if shutdown.requested.is_set() else 0
+        if stage <= self._forwarded:
+            return
+        if self._forwarded == 0:
+            click.echo("shutting down gracefully… (press Ctrl+C again to force)", err=True)
+        self._forwarded = stage
+        grace = self.shutdown_timeout + EXIT_GRACE if stage == 1 else EXIT_GRACE
+        self._kill_at = time.monotonic() + grace
+        for child in self.children.values():
+            with contextlib.suppress(ProcessLookupError):
+                child.process.send_signal(signal.SIGTERM)
+
+    def _reap(self, shutdown: _Shutdown) -> None:
+        for slot, child in list(self.children.items()):
+            code = child.process.poll()
+            if code is None:
+                continue
+            del self.children[slot]
+            if self._forwarded or self.burst:
+                self.is_failed |= code != 0
+                continue
+            pid = child.process.pid
+            if time.monotonic() - child.started < MIN_UPTIME:
+                logger.error(
+                    "Worker process %d exited with status %d right after it started; "
+                    "stopping the others. Its output above says why.",
+                    pid,
+                    code,
+                )
+                self.is_failed = True
+                shutdown.requested.set()
+            else:
+                logger.warning("Worker process %d exited with status %d; restarting.", pid, code)
+                self._start(slot)
+
+    def _kill_all(self) -> None:
+        for child in self.children.values():
+            logger.error(
+                "Worker process %d did not exit in time; killing it. Its running jobs "
+                "run again once their lease expires.",
+                child.process.pid,
+            )
+            child.process.kill()
+        self._kill_at = None
+
+
+# Administration
+
+
+def _time(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return datetime.fromtimestamp(value, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _table(headers: cabc.Sequence[str], rows: cabc.Sequence[cabc.Sequence[str]]) -> str:
+    widths = [max(len(row[i]) for row in [headers, *rows]) for i in range(len(headers))]
+    lines = [
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+        for row in [headers, *rows]
+    ]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def _get(store: Store, job_id: str) -> JobRecord:
+    record = store.get(job_id)
+    if record is None:
+        raise click.ClickException(
+            f"No job has the id {job_id!r}; it never existed or expired. List jobs with "
+            "'flask afterward jobs'."
+        )
+    return record
+
+
+_STATE = click.Choice([state.value for state in State])
+
+
+@afterward_cli.command("jobs")
+@click.option("--state", type=_STATE, help="Only jobs in this state.")
+@click.option("--task", help="Only jobs of this task (its full name, as listed).")
+@click.option("--queue", help="Only jobs in this queue.")
+@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
+def jobs_command(state: str | None, task: str | None, queue: str | None, limit: int) -> None:
+    """List jobs, newest first."""
+    records = _backend().store.list(
+        state=None if state is None else State(state), task=task, queue=queue, limit=limit
+    )
+    if not records:
+        click.echo("No jobs match.")
+        return
+    rows = [
+        [
+            r.id,
+            r.task,
+            r.state.value,
+            r.queue,
+            str(r.attempts),
+            "-" if r.progress is None else f"{r.progress:.0%}",
+            _time(r.created_at),
+        ]
+        for r in records
+    ]
+    headers = ["ID", "TASK", "STATE", "QUEUE", "ATTEMPTS", "PROGRESS", "CREATED (UTC)"]
+    click.echo(_table(headers, rows))
+
+
+_TIMES: t.Final = frozenset({"created_at", "run_at", "started_at", "finished_at", "lease_until"})
+
+
+@afterward_cli.command("show")
+@click.argument("job_id")
+def show_command(job_id: str) -> None:
+    """Show every field of one job, its result, and its error with the traceback."""
+    record = _get(_backend().store, job_id)
+    width = max(len(field.name) for field in dataclasses.fields(record))
+    for field in dataclasses.fields(record):
+        if field.name == "error":
+            continue
+        value = getattr(record, field.name)
+        text = _time(value) if field.name in _TIMES else "-" if value is None else str(value)
+        click.echo(f"{field.name.ljust(width)}  {text}")
+    click.echo(f"{'expires_at'.ljust(width)}  {_time(record.expires_at)}")
+    if record.error:
+        click.echo(f"error:\n{record.error.rstrip()}")
+
+
+@afterward_cli.command("retry")
+@click.argument("job_id", required=False)
+@click.option("--failed", "all_failed", is_flag=True, help="Retry every failed job.")
+def retry_command(job_id: str | None, all_failed: bool) -> None:
+    """Queue a failed or cancelled job again, as new (or every failed one)."""
+    if (job_id is None) == (not all_failed):
+        raise click.UsageError("Give either a job ID or --failed.")
+    store = _backend().store
+    if job_id is None:
+        click.echo(f"Queued {_retry_failed(store)} failed jobs again.")
+        return
+    if store.retry(job_id):
+        click.echo(f"Queued job {job_id} again.")
+        return
+    record = _get(store, job_id)
+    if record.state in (State.FAILED, State.CANCELLED):
+        raise click.ClickException(
+            f"Job {job_id} was not retried: an active job holds its unique key "
+            f"{record.unique_key!r}. Retry it once that job has finished."
+        )
+    raise click.ClickException(
+        f"Job {job_id} is {record.state}; only failed or cancelled jobs can be retried."
+    )
+
+
+def _retry_failed(store: Store) -> int:
+    retried = skipped = 0
+    while batch := store.list(state=State.FAILED, limit=500, offset=skipped):
+        for record in batch:
+            if store.retry(record.id):
+                retried += 1
+            else:  # an active job holds its unique key; it stays failed
+                skipped += 1
+    return retried
+
+
+@afterward_cli.command("cancel")
+@click.argument("job_id")
+def cancel_command(job_id: str) -> None:
+    """Cancel a job: a waiting one never runs, a running one stops at its next progress()."""
+    store = _backend().store
+    is_cancelled = store.cancel(job_id)
+    record = _get(store, job_id)
+    if not is_cancelled:
+        raise click.ClickException(f"Job {job_id} already finished ({record.state}).")
+    if record.state == State.RUNNING:
+        click.echo(f"Asked running job {job_id} to stop: it stops at its next progress() call.")
+    else:
+        click.echo(f"Cancelled job {job_id}.")
+
+
+@afterward_cli.command("prune")
+def prune_command() -> None:
+    """Delete finished jobs whose result TTL ran out (workers also do it every minute)."""
+    click.echo(f"Pruned {_backend().store.prune(time.time())} finished jobs.")
+
+
+@afterward_cli.command("stats")
+@click.option(
+    "--minutes",
+    type=click.FloatRange(min=0, min_open=True),
+    default=10.0,
+    show_default=True,
+    help="The window throughput is measured over.",
+)
+def stats_command(minutes: float) -> None:
+    """Jobs per queue and state, and how many finished per minute lately."""
+    stats = _backend().store.stats(time.time() - minutes * 60)
+    states = list(State)
+    queues = sorted({queue for queue, _ in stats.counts})
+    rows = []
+    for queue in [*queues, None]:
+        counts = [
+            sum(n for (q, s), n in stats.counts.items() if s == state and queue in (None, q))
+            for state in states
+        ]
+        rows.append([queue or "(all)", *map(str, counts), str(sum(counts))])
+    click.echo(_table(["QUEUE", *(s.value for s in states), "TOTAL"], rows))
+    finished = sum(stats.finished.get(state, 0) for state in TERMINAL)
+    detail = ", ".join(f"{stats.finished.get(s, 0)} {s.value}" for s in states if s in TERMINAL)
+    click.echo(
+        f"Finished in the last {minutes:g} min: {finished} ({detail}); "
+        f"throughput {finished / minutes:.1f} jobs/min."
+    )

@@ -12,6 +12,7 @@ import sys
 import threading
 import typing as t
 
+import click
 from flask import abort
 from flask import current_app
 from flask import request
@@ -105,7 +106,24 @@ class _AppState:
             self._workers_pid = os.getpid()
 
     def wake_workers(self) -> None:
-        """A job was queued in this process: start or wake the local workers."""
+    def use_workers(self, workers: WorkerGroup) -> None:
+        """Make ``workers`` this process's workers (``flask afterward worker``).
+
+        Jobs enqueued in this process (by other jobs) then wake them, and no
+        ``AFTERWARD_WORKERS`` group starts beside them.
+        """
+        with self._workers_lock:
+            self._workers = workers
+            self._workers_pid = os.getpid()
+
+        """A job was queued in this process: start or wake the local workers.
+
+        An enqueue in a CLI command (``flask shell``, a ``flask send-mails`` of the
+        app's) starts none: the command would run its jobs itself, then wait for them
+        at exit. Its jobs wait for a web process's or ``flask afterward worker``'s.
+        """
+        if self._workers_pid != os.getpid() and click.get_current_context(silent=True) is not None:
+            return
         self.start_workers()
         if self._workers is not None:
             self._workers.wake.set()

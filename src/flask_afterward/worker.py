@@ -48,6 +48,9 @@ if t.TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+#: Seconds between two prunes of finished jobs (``AFTERWARD_RESULT_TTL``) by a group.
+PRUNE_INTERVAL: t.Final = 60.0
+
 
 def backoff(attempt: int, *, base: float, cap: float = 3600.0, jitter: float = 0.25) -> float:
     """Seconds to wait before retry number ``attempt`` (1, 2, …): exponential, capped.
@@ -309,13 +312,28 @@ class WorkerGroup:
 
     def _supervise(self) -> None:
         tick = min(1.0, self.lease / 3)
+        next_prune = time.monotonic()
         while not self.stop.wait(tick) or self.running():
+            if time.monotonic() >= next_prune:
+                next_prune = time.monotonic() + PRUNE_INTERVAL
+                self._prune()
             for worker in self.workers():
                 attempt = worker.current
                 if attempt is not None:
                     self._check(worker, attempt)
             if self.stop.is_set():
                 time.sleep(tick)  # still extending leases of jobs finishing at shutdown
+
+    def _prune(self) -> None:
+        """Delete finished jobs past their result TTL, so the store stays bounded
+        without a cron job. Every group does it; a DELETE on an index is cheap."""
+        try:
+            pruned = self.store.prune(time.time())
+        except Exception:
+            logger.exception("Pruning finished jobs failed; trying again in a minute.")
+            return
+        if pruned:
+            logger.info("Pruned %d finished jobs past their result TTL.", pruned)
 
     def _check(self, worker: Worker, attempt: _Attempt) -> None:
         now = time.monotonic()
@@ -360,6 +378,19 @@ class WorkerGroup:
             thread.join(left)
         return not any(thread.is_alive() for thread in threads)
 
+    def requeue_running(self) -> int:
+        """Put the jobs running now back in the queue, their attempt given back.
+
+        For shutdown: their threads go on, but whatever they record is discarded.
+        Returns how many were requeued.
+        """
+        requeued = 0
+        for worker in self.running():
+            attempt = worker.current
+            if attempt is not None and self.store.requeue(attempt.record.id, worker.id):
+                requeued += 1
+        return requeued
+
     def close(self, timeout: float = 30.0) -> int:
         """Stop claiming, give running jobs ``timeout`` seconds, requeue the rest.
 
@@ -369,11 +400,7 @@ class WorkerGroup:
         self.wake.set()
         if self.join(timeout):
             return 0
-        requeued = 0
-        for worker in self.running():
-            attempt = worker.current
-            if attempt is not None and self.store.requeue(attempt.record.id, worker.id):
-                requeued += 1
+        requeued = self.requeue_running()
         if requeued:
             logger.warning(
                 "%d running jobs did not finish within %.1f s of shutdown; they are back "
