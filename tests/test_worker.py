@@ -665,10 +665,9 @@ def _read_with_timeout(fd: int, timeout: float) -> bytes:
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
-def test_a_forked_child_starts_its_own_workers(
-    live_app: Flask, slow_poll: threading.Semaphore
-) -> None:
+def test_a_forked_child_starts_its_own_workers(live_app: Flask) -> None:
     live_app.config["AFTERWARD_STORE"] = "sqlite:///afterward.sqlite3"  # shared with the child
+    before = worker_threads()
     afterward = Afterward(live_app)
 
     @afterward.task
@@ -676,10 +675,13 @@ def test_a_forked_child_starts_its_own_workers(
         return [os.getpid(), threading.current_thread().name]
 
     try:
-        # Given the parent's workers running, idle in their 30 s wait
+        # Given a parent whose workers ran a job, then stopped. They must not be
+        # running at fork(): a thread inside SQLite at that instant would leave
+        # SQLite's mutexes locked in the child (the fork-with-threads hazard).
         with live_app.app_context():
             assert where.delay().result(timeout=5)[0] == os.getpid()
-        assert slow_poll.acquire(timeout=5) and slow_poll.acquire(timeout=5)
+        afterward.close(live_app, timeout=5)
+        assert worker_threads() - before == set()
 
         # When a forked child (a gunicorn --preload worker) enqueues a job
         read_fd, write_fd = os.pipe()
@@ -702,7 +704,7 @@ def test_a_forked_child_starts_its_own_workers(
                 os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
 
-        # Then the child's own workers ran it (the parent's were asleep)
+        # Then the child started workers of its own, and they ran it
         child = json.loads(report)
         assert child["ran"][0] == pid
         assert child["ran"][1].startswith("flask-afterward-worker-")
