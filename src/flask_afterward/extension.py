@@ -26,6 +26,7 @@ from .config import Settings
 from .errors import ConfigurationError
 from .errors import JobNotFound
 from .errors import NotInitialized
+from .errors import SerializationError
 from .jobs import Job
 from .pool import CallbackPool
 from .replay import capture_request
@@ -105,7 +106,6 @@ class _AppState:
             atexit.register(self._close_workers)
             self._workers_pid = os.getpid()
 
-    def wake_workers(self) -> None:
     def use_workers(self, workers: WorkerGroup) -> None:
         """Make ``workers`` this process's workers (``flask afterward worker``).
 
@@ -116,6 +116,7 @@ class _AppState:
             self._workers = workers
             self._workers_pid = os.getpid()
 
+    def wake_workers(self) -> None:
         """A job was queued in this process: start or wake the local workers.
 
         An enqueue in a CLI command (``flask shell``, a ``flask send-mails`` of the
@@ -327,7 +328,11 @@ class Afterward:
                 if (request.content_length or 0) > limit:
                     abort(413, f"The request body is over AFTERWARD_MAX_PAYLOAD ({limit}).")
                 captured, secrets = capture_request()
-                return accepted_response(task.enqueue((captured,), {}, secrets=secrets))
+                try:
+                    job = task.enqueue((captured,), {}, secrets=secrets)
+                except SerializationError as error:  # the body fits, headers and all do not
+                    abort(413, f"The request is too large to store as a job. {error}")
+                return accepted_response(job)
 
             return t.cast(ViewFunction, accept)
 

@@ -8,30 +8,49 @@ error handlers all work, and the view's complete response becomes the job's resu
 
 Headers that carry credentials (``Cookie``, ``Authorization``) are kept apart from the
 payload, in the job's ``secrets``, which the store wipes when the job finishes.
+
+The path and query string are stored as the server gave them (``%3F`` stays a
+character of the path); a body the app already parsed as a form (a CSRF hook reads
+``request.form`` before the view) is encoded again from the parsed form.
 """
 
 from __future__ import annotations
 
 import base64
 import typing as t
+import urllib.parse
 
 from flask import current_app
 from flask import request
+from werkzeug.datastructures import MultiDict
+from werkzeug.test import encode_multipart
 from werkzeug.test import EnvironBuilder
 
+from .errors import JobCancelled
+from .errors import JobTimeout
 from .jobs import current_job
+from .jobs import reset_current
+from .jobs import RunningJob
+from .jobs import set_current
 from .serializers import loads
 
 if t.TYPE_CHECKING:
     from flask import Flask
     from flask import Response
 
+    from .jobs import JobRecord
+
 #: Headers stored as secrets and wiped when the job finishes.
 SECRET_HEADERS: t.Final = frozenset({"cookie", "authorization", "proxy-authorization"})
 #: Set in the replayed request's environ (to the job id), so the view runs for real.
 REPLAY_KEY: t.Final = "flask_afterward.replay"
-#: Headers the rebuilt request gets anew rather than from the capture.
-_REBUILT_HEADERS: t.Final = frozenset({"content-length", "host"})
+#: Headers the rebuilt request gets anew rather than from the capture: the body is
+#: stored whole (no longer chunked) and its length is measured again.
+_REBUILT_HEADERS: t.Final = frozenset({"content-length", "host", "transfer-encoding"})
+#: Form bodies that parsing consumes; see :func:`_body`.
+_FORM_TYPES: t.Final = frozenset({"application/x-www-form-urlencoded", "multipart/form-data"})
+#: Characters a request URI keeps unquoted (RFC 3986 pchar and "/").
+_URI_SAFE: t.Final = "/:@!$&'()*+,;=-._~"
 
 CapturedRequest = dict[str, t.Any]
 
@@ -39,24 +58,32 @@ CapturedRequest = dict[str, t.Any]
 def capture_request() -> tuple[CapturedRequest, dict[str, str]]:
     """The current request as JSON-ready data, and its secret headers apart.
 
-    The body is read whole (``request.get_data()``); the caller bounds its size.
+    The path and query string are kept as the WSGI server gave them (not decoded), so
+    ``%3F`` or ``%2F`` in a path come back as they were. The body is read whole; the
+    caller bounds its size.
     """
+    environ = request.environ
     headers: list[tuple[str, str]] = []
     secrets: dict[str, str] = {}
+    body, content_type = _body()
     for name, value in request.headers.items():
         if name.lower() in SECRET_HEADERS:
             secrets[name] = value
+        elif name.lower() == "content-type" and content_type is not None:
+            headers.append((name, content_type))
         elif name.lower() not in _REBUILT_HEADERS:
             headers.append((name, value))
     captured = {
         "method": request.method,
         "scheme": request.scheme,
         "host": request.host,
-        "script_root": request.root_path,
-        "path": request.path,
-        "query_string": request.query_string.decode("latin-1"),
+        "server": [environ.get("SERVER_NAME", ""), str(environ.get("SERVER_PORT", ""))],
+        "script_name": environ.get("SCRIPT_NAME", ""),
+        "path_info": environ.get("PATH_INFO", ""),
+        "path": request.path,  # for people reading the job; the replay uses path_info
+        "query_string": environ.get("QUERY_STRING", ""),
         "headers": headers,
-        "body": base64.b64encode(request.get_data()).decode("ascii"),
+        "body": base64.b64encode(body).decode("ascii"),
         "remote_addr": request.remote_addr,
         "endpoint": request.endpoint,
         "view_args": request.view_args or {},
@@ -64,17 +91,54 @@ def capture_request() -> tuple[CapturedRequest, dict[str, str]]:
     return captured, secrets
 
 
+def _body() -> tuple[bytes, str | None]:
+    """The request body, and a new Content-Type if it had to be encoded again.
+
+    Parsing a form (``request.form``, e.g. in a CSRF ``before_request`` hook) consumes
+    the body, after which ``get_data()`` is empty: the form is then encoded again
+    from ``request.form`` and ``request.files``.
+    """
+    body = request.get_data()
+    if body or request.mimetype not in _FORM_TYPES:
+        return body, None
+    if request.mimetype == "multipart/form-data":
+        fields: MultiDict[str, t.Any] = MultiDict(
+            [*request.form.items(multi=True), *request.files.items(multi=True)]
+        )
+        boundary, body = encode_multipart(fields)
+        for storage in request.files.values():
+            storage.stream.seek(0)
+        return body, f'multipart/form-data; boundary="{boundary}"'
+    return urllib.parse.urlencode(list(request.form.items(multi=True))).encode(), None
+
+
 def rebuild_environ(captured: CapturedRequest, secrets: dict[str, str]) -> dict[str, t.Any]:
     """A WSGI environ equivalent to the captured request."""
-    headers = [*captured["headers"], *secrets.items()]
+    server_name, server_port = captured["server"]
+    script_name: str = captured["script_name"]
+    path_info: str = captured["path_info"]
+    query_string: str = captured["query_string"]
+    uri = urllib.parse.quote((script_name + path_info).encode("latin-1"), safe=_URI_SAFE)
+    if query_string:
+        uri += "?" + query_string
+    overrides = {
+        "wsgi.url_scheme": captured["scheme"],
+        "HTTP_HOST": captured["host"],
+        "SERVER_NAME": server_name,
+        "SERVER_PORT": server_port,
+        "SCRIPT_NAME": script_name,
+        "PATH_INFO": path_info,
+        "QUERY_STRING": query_string,
+        "REQUEST_URI": uri,
+        "RAW_URI": uri,
+    }
+    if captured["remote_addr"] is not None:
+        overrides["REMOTE_ADDR"] = captured["remote_addr"]
     builder = EnvironBuilder(
-        path=captured["path"],
-        base_url=f"{captured['scheme']}://{captured['host']}{captured['script_root']}",
-        query_string=captured["query_string"],
         method=captured["method"],
-        headers=headers,
+        headers=[*captured["headers"], *secrets.items()],
         data=base64.b64decode(captured["body"]),
-        environ_base={"REMOTE_ADDR": captured["remote_addr"] or ""},
+        environ_overrides=overrides,
     )
     try:
         return builder.get_environ()
@@ -119,7 +183,28 @@ def decode_response(data: dict[str, t.Any]) -> Response:
 
 
 def run_accepted_view(captured: CapturedRequest) -> dict[str, t.Any]:
-    """The built-in task behind ``@afterward.accepted``: replay the request here."""
-    record = current_job.record
+    """The built-in task behind ``@afterward.accepted``: replay the request here.
+
+    A cancel or timeout raised by ``progress()`` in the view ends the job even when an
+    error handler (``@app.errorhandler(Exception)``) turned it into a response.
+    """
+    running = current_job._get_current_object()  # type: ignore[attr-defined]
+    stopped: list[JobCancelled | JobTimeout] = []
+
+    def report(fraction: float, message: str | None) -> None:
+        try:
+            running.progress(fraction, message)
+        except (JobCancelled, JobTimeout) as stop:
+            stopped.append(stop)
+            raise
+
+    record: JobRecord = running.record
     secrets = loads(record.secrets) if record.secrets else {}
-    return replay(captured, secrets, record.id)
+    token = set_current(RunningJob(record, report))
+    try:
+        response = replay(captured, secrets, record.id)
+    finally:
+        reset_current(token)
+    if stopped:
+        raise stopped[0]
+    return response

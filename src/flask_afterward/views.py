@@ -215,10 +215,16 @@ def job_result(job_id: str) -> Response:
 
 
 def _status_of(error_type: str) -> int:
-    """An HTTPException keeps its code (it can still fail a job, e.g. raised by a hook)."""
+    """An HTTPException keeps its code (a task may ``abort(404)``); anything else is 500.
+
+    Only Werkzeug's own exceptions are recognised: an app's ``NotFound`` that is not
+    an HTTPException is a 500, and the stored error text is never imported.
+    """
     from werkzeug import exceptions
 
-    name = error_type.rsplit(".", 1)[-1]
+    module, _, name = error_type.rpartition(".")
+    if module != exceptions.__name__:
+        return 500
     kind = getattr(exceptions, name, None)
     code = getattr(kind, "code", None)
     return code if isinstance(code, int) and 400 <= code < 600 else 500
