@@ -22,12 +22,12 @@ import pytest
 from click.testing import Result
 from flask import Flask
 
-from flask_afterward.cli import MIN_UPTIME
 from flask_afterward.config import EXTENSION_KEY
 from flask_afterward.jobs import JobRecord
 from flask_afterward.jobs import new_job_id
 from flask_afterward.jobs import State
 from flask_afterward.stores.base import QueueStore
+from flask_afterward.supervisor import MIN_UPTIME
 from tests.apps import jobs
 from tests.apps.jobs_processes import children_of
 from tests.apps.jobs_processes import Processes
@@ -211,6 +211,16 @@ def test_show_prints_every_field_and_the_result(app: Flask, cli: Cli) -> None:
     assert "error:" not in result.output
 
 
+def test_show_never_prints_the_secrets_stored_with_a_job(app: Flask, cli: Cli) -> None:
+    record = _add(app, secrets='{"Cookie": "session=hunter2"}')
+
+    result = cli("show", record.id)
+
+    assert result.exit_code == 0, result.output
+    assert "hunter2" not in result.output
+    assert " ".join(result.output.split()).count("secrets (stored, not shown)") == 1
+
+
 def test_show_prints_the_error_of_a_failed_job_with_its_traceback(app: Flask, cli: Cli) -> None:
     with app.app_context():
         job = jobs.fail.delay("disk full")
@@ -232,6 +242,23 @@ def test_show_of_an_unknown_id_fails_and_says_how_to_find_one(cli: Cli) -> None:
     assert result.exit_code == 1
     assert "No job has the id 'no-such-job'" in result.output
     assert "flask afterward jobs" in result.output
+
+
+@pytest.mark.parametrize(
+    ("command", "state"),
+    [("show", State.QUEUED), ("retry", State.FAILED), ("cancel", State.QUEUED)],
+)
+def test_a_job_id_that_starts_with_a_dash_is_taken_as_an_id(
+    app: Flask, cli: Cli, command: str, state: State
+) -> None:
+    # One id in 64 starts with "-" (URL-safe base64): not an unknown option.
+    record = _add(app, state, id="-" + new_job_id()[1:])
+
+    result = cli(command, record.id)
+
+    assert result.exit_code == 0, result.output
+    assert record.id in result.output
+    assert _get(app, record.id).state != state or command == "show"
 
 
 # retry

@@ -1,10 +1,8 @@
 """The ``flask afterward`` command group: workers and job administration.
 
 ``flask afterward worker`` runs :class:`~flask_afterward.worker.WorkerGroup` threads in
-this process, or supervises ``--processes`` worker processes. Both stop in two stages
-(django-tasks ``db_worker``): the first SIGTERM or Ctrl+C stops claiming and gives
-running jobs ``AFTERWARD_SHUTDOWN_TIMEOUT`` seconds, then puts what is left back in the
-queue; a second one puts running jobs back at once and exits. The other commands
+this process, or supervises ``--processes`` worker processes; ``supervisor`` does the
+running and the two-stage shutdown, this module the command line. The other commands
 (``jobs``, ``show``, ``retry``, ``cancel``, ``prune``, ``stats``) read and change the
 app's store.
 
@@ -15,14 +13,10 @@ with a message that says what to do, never a traceback.
 from __future__ import annotations
 
 import collections.abc as cabc
-import contextlib
 import dataclasses
 import logging
 import os
-import signal
-import subprocess
 import sys
-import threading
 import time
 import typing as t
 from datetime import datetime
@@ -38,6 +32,8 @@ from .jobs import JobRecord
 from .jobs import State
 from .jobs import TERMINAL
 from .stores.base import QueueStore
+from .supervisor import run_workers
+from .supervisor import Supervisor
 from .worker import WorkerGroup
 
 if t.TYPE_CHECKING:
@@ -47,17 +43,7 @@ if t.TYPE_CHECKING:
     from .stores.base import Store
     from .tasks import Task
 
-logger = logging.getLogger("flask_afterward")
-
 afterward_cli = AppGroup("afterward", help="Run workers and manage flask-afterward jobs.")
-
-#: A worker process that dies sooner than this after its start is not restarted: it
-#: would only die again (bad code, bad store), so the supervisor stops instead.
-MIN_UPTIME: t.Final = 5.0
-#: Seconds a worker process gets, beyond the shutdown timeout, to exit before SIGKILL.
-EXIT_GRACE: t.Final = 10.0
-#: How often the main thread looks at signals, its threads and its children.
-_TICK: t.Final = 0.2
 
 
 class _Registry(t.Protocol):
@@ -98,49 +84,6 @@ def _queue_store(backend: _Backend) -> QueueStore:
 # The worker
 
 
-class _Shutdown:
-    """Two-stage shutdown on SIGTERM and SIGINT: the first asks, the second forces.
-
-    Handlers only set events; the main thread acts on them, since printing or taking
-    locks inside a signal handler can deadlock on what the interrupted code holds.
-    """
-
-    def __init__(self) -> None:
-        #: set by the first signal: stop claiming, let running jobs finish
-        self.requested = threading.Event()
-        #: set by the second signal: put running jobs back and exit now
-        self.forced = threading.Event()
-        #: set by every signal, so a waiting main thread reacts at once
-        self.wakeup = threading.Event()
-
-    def _handle(self, signum: int, frame: object) -> None:
-        (self.forced if self.requested.is_set() else self.requested).set()
-        self.wakeup.set()
-
-    @contextlib.contextmanager
-    def installed(self) -> cabc.Iterator[_Shutdown]:
-        """Handle SIGTERM and SIGINT while the block runs; restore the old handlers."""
-        previous = {
-            sig: signal.signal(sig, self._handle) for sig in (signal.SIGTERM, signal.SIGINT)
-        }
-        try:
-            yield self
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-
-    def wait(self, timeout: float) -> None:
-        """Sleep ``timeout`` seconds, or less if a signal arrives."""
-        self.wakeup.wait(timeout)
-        self.wakeup.clear()
-
-
-def _announce_shutdown(is_supervised: bool) -> None:
-    logger.info("Worker process %d is shutting down gracefully.", os.getpid())
-    if not is_supervised:  # the supervisor says it once for all its processes
-        click.echo("shutting down gracefully… (press Ctrl+C again to force)", err=True)
-
-
 @afterward_cli.command("worker")
 @click.option(
     "--threads",
@@ -178,105 +121,46 @@ def worker_command(
 
     The first signal stops taking jobs and lets running ones finish within
     AFTERWARD_SHUTDOWN_TIMEOUT seconds, then puts the rest back in the queue; a second
-    signal puts them back at once and exits. Several workers, in as many processes or
-    on as many machines sharing the store file, may run side by side.
+    signal puts them back at once and exits. Several workers, in as many processes on
+    this machine, may share one SQLite store (not over a network file system).
     """
     if any(not name for name in queues):
         raise click.BadParameter("a queue name cannot be empty.", param_hint="'--queue'")
     backend = _backend()
     store = _queue_store(backend)
     _log_to_stderr()
-    if processes == 1:
-        code = _run_workers(
-            backend,
-            store,
-            threads=threads,
-            queues=queues or None,
-            burst=burst,
-            supervisor_pid=supervisor_pid,
-        )
-    else:
-        command = _child_command(ctx.ensure_object(ScriptInfo), threads, queues, burst)
-        code = _Supervisor(command, processes, backend.settings.shutdown_timeout, burst).run()
-    ctx.exit(code)
-
-
-def _run_workers(
-    backend: _Backend,
-    store: QueueStore,
-    *,
-    threads: int,
-    queues: cabc.Sequence[str] | None,
-    burst: bool,
-    supervisor_pid: int | None,
-) -> int:
-    """Run one :class:`WorkerGroup` in this process until a signal (or, burst, no job).
-
-    Returns the exit status: 0, or 1 when a second signal forced the shutdown.
-    """
-    app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
     settings = backend.settings
+    if processes > 1:
+        command = _child_command(ctx.ensure_object(ScriptInfo), threads, queues, burst)
+        ctx.exit(Supervisor(command, processes, settings.shutdown_timeout, burst).run())
+    app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
+    tasks = backend.afterward.tasks
     group = WorkerGroup(
-        app, store, backend.afterward.tasks, threads=threads, queues=queues, lease=settings.lease
+        app, store, tasks, threads=threads, queues=queues or None, lease=settings.lease
     )
-    # Jobs that enqueue jobs wake this group; no in-process group starts beside it.
+    # Jobs that enqueue jobs wake this group; no AFTERWARD_WORKERS group starts beside it.
     backend.use_workers(group)
-    with _Shutdown().installed() as shutdown:
-        group.start(burst=burst)
-        logger.info(
-            "Worker process %d started: %d threads, queues: %s.",
-            os.getpid(),
-            threads,
-            ", ".join(queues) if queues else "all",
-        )
-        while not shutdown.requested.is_set():
-            if burst and group.join(0):
-                logger.info("Worker process %d found no runnable job (--burst).", os.getpid())
-                break
-            if supervisor_pid is not None and os.getppid() != supervisor_pid:
-                logger.warning("Worker process %d lost its supervisor.", os.getpid())
-                shutdown.requested.set()
-            shutdown.wait(_TICK)
-        else:
-            _announce_shutdown(supervisor_pid is not None)
-            _drain(group, shutdown, settings.shutdown_timeout)
-        requeued = group.requeue_running()
-        group.close(0.0)
-    if requeued:
-        why = "a second signal" if shutdown.forced.is_set() else "AFTERWARD_SHUTDOWN_TIMEOUT"
-        logger.warning(
-            "Worker process %d put %d running jobs back in the queue (%s).",
-            os.getpid(),
-            requeued,
-            why,
-        )
-    logger.info("Worker process %d stopped.", os.getpid())
-    return 1 if shutdown.forced.is_set() else 0
-
-
-def _drain(group: WorkerGroup, shutdown: _Shutdown, timeout: float) -> None:
-    """Stop claiming; wait for running jobs until ``timeout`` or a second signal."""
-    group.stop.set()
-    group.wake.set()
-    deadline = time.monotonic() + timeout
-    while not shutdown.forced.is_set():
-        left = deadline - time.monotonic()
-        if left <= 0 or group.join(min(left, _TICK)):
-            return
+    code = run_workers(
+        group,
+        shutdown_timeout=settings.shutdown_timeout,
+        burst=burst,
+        supervisor_pid=supervisor_pid,
+    )
+    ctx.exit(code)
 
 
 def _log_to_stderr() -> None:
     """Show the worker's lifecycle logs, unless the app configured logging itself."""
-    package_logger = logging.getLogger("flask_afterward")
-    if package_logger.hasHandlers():
+    logger = logging.getLogger("flask_afterward")
+    if logger.hasHandlers():
         return
     handler = logging.StreamHandler()
     handler.setFormatter(
         logging.Formatter("%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s")
     )
-    package_logger.addHandler(handler)
-    if package_logger.level == logging.NOTSET:
-        package_logger.setLevel(logging.INFO)
+    logger.addHandler(handler)
+    if logger.level == logging.NOTSET:
+        logger.setLevel(logging.INFO)
 
 
 def _child_command(
@@ -308,93 +192,6 @@ def _child_command(
     return [*command, "--burst"] if burst else command
 
 
-@dataclasses.dataclass(slots=True)
-class _Child:
-    process: subprocess.Popen[bytes]
-    started: float
-
-
-class _Supervisor:
-    """Start ``count`` worker processes, forward signals to them, restart the lost ones."""
-
-    def __init__(self, command: list[str], count: int, shutdown_timeout: float, burst: bool):
-        self.command = command
-        self.count = count
-        self.shutdown_timeout = shutdown_timeout
-        self.burst = burst
-        self.children: dict[int, _Child] = {}
-        self.is_failed = False
-        self._forwarded = 0
-        self._kill_at: float | None = None
-
-    def run(self) -> int:
-        """Supervise until every child exited; return the exit status."""
-        with _Shutdown().installed() as shutdown:
-            for slot in range(self.count):
-                self._start(slot)
-            logger.info("Supervisor %d started %d worker processes.", os.getpid(), self.count)
-            while self.children:
-                self._forward(shutdown)
-                self._reap(shutdown)
-                if self._kill_at is not None and time.monotonic() >= self._kill_at:
-                    self._kill_all()
-                shutdown.wait(_TICK)
-        logger.info("Supervisor %d stopped.", os.getpid())
-        return 1 if self.is_failed or shutdown.forced.is_set() else 0
-
-    def _start(self, slot: int) -> None:
-        # A process group of their own: a Ctrl+C in the terminal reaches only this
-        # process, which forwards it once; otherwise each child would see it twice.
-        process = subprocess.Popen(self.command, process_group=0)
-        self.children[slot] = _Child(process, time.monotonic())
-
-    def _forward(self, shutdown: _Shutdown) -> None:
-        stage = 2 if shutdown.forced.is_set() else 1 if shutdown.requested.is_set() else 0
-        if stage <= self._forwarded:
-            return
-        if self._forwarded == 0:
-            click.echo("shutting down gracefully… (press Ctrl+C again to force)", err=True)
-        self._forwarded = stage
-        grace = self.shutdown_timeout + EXIT_GRACE if stage == 1 else EXIT_GRACE
-        self._kill_at = time.monotonic() + grace
-        for child in self.children.values():
-            with contextlib.suppress(ProcessLookupError):
-                child.process.send_signal(signal.SIGTERM)
-
-    def _reap(self, shutdown: _Shutdown) -> None:
-        for slot, child in list(self.children.items()):
-            code = child.process.poll()
-            if code is None:
-                continue
-            del self.children[slot]
-            if self._forwarded or self.burst:
-                self.is_failed |= code != 0
-                continue
-            pid = child.process.pid
-            if time.monotonic() - child.started < MIN_UPTIME:
-                logger.error(
-                    "Worker process %d exited with status %d right after it started; "
-                    "stopping the others. Its output above says why.",
-                    pid,
-                    code,
-                )
-                self.is_failed = True
-                shutdown.requested.set()
-            else:
-                logger.warning("Worker process %d exited with status %d; restarting.", pid, code)
-                self._start(slot)
-
-    def _kill_all(self) -> None:
-        for child in self.children.values():
-            logger.error(
-                "Worker process %d did not exit in time; killing it. Its running jobs "
-                "run again once their lease expires.",
-                child.process.pid,
-            )
-            child.process.kill()
-        self._kill_at = None
-
-
 # Administration
 
 
@@ -422,6 +219,10 @@ def _get(store: Store, job_id: str) -> JobRecord:
         )
     return record
 
+
+#: Job ids are URL-safe base64, so one in 64 starts with "-": take such an argument as
+#: an id, not as an unknown option (no command here has short options to confuse).
+_ID_ARGUMENT: t.Final = {"ignore_unknown_options": True}
 
 _STATE = click.Choice([state.value for state in State])
 
@@ -458,24 +259,32 @@ def jobs_command(state: str | None, task: str | None, queue: str | None, limit: 
 _TIMES: t.Final = frozenset({"created_at", "run_at", "started_at", "finished_at", "lease_until"})
 
 
-@afterward_cli.command("show")
+@afterward_cli.command("show", context_settings=_ID_ARGUMENT)
 @click.argument("job_id")
 def show_command(job_id: str) -> None:
-    """Show every field of one job, its result, and its error with the traceback."""
+    """Show every field of one job, its result, and its error with the traceback.
+
+    Secrets stored with the job (a replayed request's Cookie) are never shown.
+    """
     record = _get(_backend().store, job_id)
     width = max(len(field.name) for field in dataclasses.fields(record))
     for field in dataclasses.fields(record):
+        value = getattr(record, field.name)
         if field.name == "error":
             continue
-        value = getattr(record, field.name)
-        text = _time(value) if field.name in _TIMES else "-" if value is None else str(value)
+        if field.name == "secrets" and value is not None:
+            text = "(stored, not shown)"
+        elif field.name in _TIMES:
+            text = _time(value)
+        else:
+            text = "-" if value is None else str(value)
         click.echo(f"{field.name.ljust(width)}  {text}")
     click.echo(f"{'expires_at'.ljust(width)}  {_time(record.expires_at)}")
     if record.error:
         click.echo(f"error:\n{record.error.rstrip()}")
 
 
-@afterward_cli.command("retry")
+@afterward_cli.command("retry", context_settings=_ID_ARGUMENT)
 @click.argument("job_id", required=False)
 @click.option("--failed", "all_failed", is_flag=True, help="Retry every failed job.")
 def retry_command(job_id: str | None, all_failed: bool) -> None:
@@ -511,7 +320,7 @@ def _retry_failed(store: Store) -> int:
     return retried
 
 
-@afterward_cli.command("cancel")
+@afterward_cli.command("cancel", context_settings=_ID_ARGUMENT)
 @click.argument("job_id")
 def cancel_command(job_id: str) -> None:
     """Cancel a job: a waiting one never runs, a running one stops at its next progress()."""
