@@ -26,6 +26,7 @@ from flask.testing import FlaskClient
 from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy.orm import Mapped
 from sqlalchemy.orm import mapped_column
+from werkzeug.test import EnvironBuilder
 
 from flask_afterward import after_this_response
 from flask_afterward import Afterward
@@ -280,3 +281,56 @@ def test_flask_sqlalchemy_commit_in_a_callback_persists(
         assert db.engine.pool.checkedout() == 0  # type: ignore[attr-defined]
         emails = db.session.scalars(sa.select(Signup.email)).all()
     assert emails == ["ada@example.com"]
+
+
+def test_callback_reads_its_request_after_the_server_reused_the_environ(app: Flask) -> None:
+    # uWSGI empties the environ dict once close() returns, to reuse it for the next
+    # request. One callback thread, kept busy, makes the callback start only after.
+    app.config["AFTERWARD_CALLBACK_THREADS"] = 1
+    afterward = Afterward(app)
+    environ_reused = threading.Event()
+    seen: dict[str, object] = {}
+
+    def inspect() -> None:
+        seen.update(
+            url=request.url,
+            header=request.headers.get("X-Trace"),
+            args=request.args.to_dict(),
+            remote_addr=request.remote_addr,
+        )
+
+    @app.get("/busy")
+    def busy() -> str:
+        after_this_response(environ_reused.wait, 5)
+        return "ok"
+
+    @app.get("/items")
+    def items() -> str:
+        request.headers.get("X-Trace")  # the view read the headers too
+        after_this_response(inspect)
+        return "ok"
+
+    def start_response(status: str, headers: list[tuple[str, str]], exc: t.Any = None) -> t.Any:
+        return None
+
+    try:
+        app.test_client().get("/busy", buffered=True)
+        environ = EnvironBuilder(
+            "/items?q=1", headers=[("X-Trace", "t1")], environ_base={"REMOTE_ADDR": "10.0.0.7"}
+        ).get_environ()
+        response: t.Any = app(environ, start_response)
+        assert b"".join(response) == b"ok"
+        response.close()
+        environ.clear()  # what the server does with it now
+        environ_reused.set()
+        assert afterward.wait_for_callbacks(timeout=5, app=app)
+    finally:
+        environ_reused.set()
+        afterward.close(app, timeout=5)
+
+    assert seen == {
+        "url": "http://localhost/items?q=1",
+        "header": "t1",
+        "args": {"q": "1"},
+        "remote_addr": "10.0.0.7",
+    }

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import collections.abc as cabc
 import contextlib
+import copy
 import dataclasses
 import typing as t
 
@@ -23,6 +24,7 @@ from flask import has_request_context
 from flask import request
 from flask import session
 from flask.ctx import RequestContext
+from werkzeug.datastructures import EnvironHeaders
 
 if t.TYPE_CHECKING:
     from flask import Flask
@@ -34,8 +36,10 @@ if t.TYPE_CHECKING:
 class CapturedContext:
     """The parts of an app and request context that outlive the request.
 
-    The request object is shared, not copied: form data and JSON the view already read
-    stay readable, but the input stream is consumed, so read the body in the view.
+    The request is a shallow copy with its own copy of the WSGI environ, because a
+    server may empty the environ once the response is closed, to reuse it (uWSGI
+    does). Form data and JSON the view already read stay readable, but the input
+    stream is consumed, so read the body in the view.
     """
 
     app: Flask
@@ -52,7 +56,7 @@ class CapturedContext:
             return cls(app, None, None, g_data)
         return cls(
             app,
-            request._get_current_object(),  # type: ignore[attr-defined]
+            _detached(request._get_current_object()),  # type: ignore[attr-defined]
             session._get_current_object(),  # type: ignore[attr-defined]
             g_data,
         )
@@ -71,3 +75,12 @@ class CapturedContext:
             )
             with request_ctx:
                 yield
+
+
+def _detached(live: Request) -> Request:
+    """``live``, sharing what it parsed (args, form, JSON), on a copy of its environ."""
+    detached = copy.copy(live)
+    detached.environ = dict(live.environ)
+    # The headers read straight from the environ they were made with.
+    detached.headers = EnvironHeaders(detached.environ)
+    return detached
