@@ -11,8 +11,18 @@ from tests.live.server import SERVERS
 
 StartServer = cabc.Callable[..., LiveServer]
 
+try:
+    import pyuwsgi  # noqa: F401
+except ImportError:
+    HAS_UWSGI = False
+else:
+    HAS_UWSGI = True
 
-@pytest.fixture(scope="module", params=SERVERS)
+#: uWSGI is optional (pyuwsgi comes with the ``bench`` extra): skip it if missing.
+UWSGI = pytest.mark.skipif(not HAS_UWSGI, reason="pyuwsgi is not installed")
+
+
+@pytest.fixture(scope="module", params=[*SERVERS, pytest.param("uwsgi-threads", marks=UWSGI)])
 def server(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> cabc.Iterator[LiveServer]:

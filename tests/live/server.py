@@ -28,6 +28,9 @@ REPO = pathlib.Path(__file__).resolve().parents[2]
 SERVERS = ("werkzeug", "gunicorn-sync", "gunicorn-gthread", "waitress")
 #: The servers that keep an HTTP/1.1 connection open between requests.
 KEEP_ALIVE = frozenset({"gunicorn-gthread", "waitress"})
+#: uWSGI's --http-socket closes every connection after the response without saying
+#: so (no ``Connection: close``), and ends a stream by closing rather than chunking.
+SILENT_CLOSE = frozenset({"uwsgi", "uwsgi-threads"})
 
 _GUNICORN = [sys.executable, "-m", "gunicorn", "--workers", "1", "--graceful-timeout", "20"]
 _GUNICORN_APP = "tests.apps.tier1:create_app()"
@@ -130,6 +133,13 @@ class LiveServer:
             return [*_GUNICORN, *bind, "--worker-class", "sync", "--preload", _GUNICORN_APP]
         if self.kind == "gunicorn-gthread":
             return [*_GUNICORN, *bind, "--worker-class", "gthread", "--threads", "4", _GUNICORN_APP]
+        if self.kind in ("uwsgi", "uwsgi-threads"):
+            uwsgi = os.path.join(os.path.dirname(sys.executable), "uwsgi")
+            threads = ["--enable-threads"] if self.kind == "uwsgi-threads" else []
+            return [
+                *(uwsgi, "--http-socket", f"fd://{fd}", "--module", "tests.apps.tier1_wsgi"),
+                *("--master", "--workers", "1", "--die-on-term", "--need-app", *threads),
+            ]
         raise ValueError(f"unknown server {self.kind!r}")
 
     def _wait_ready(self, timeout: float = 30.0) -> None:

@@ -19,6 +19,7 @@ from tests.apps.tier1 import PAYLOAD
 from tests.apps.tier1 import STREAM_CHUNKS
 from tests.live.server import KEEP_ALIVE
 from tests.live.server import LiveServer
+from tests.live.server import SILENT_CLOSE
 from tests.live.server import wait_until
 
 pytestmark = pytest.mark.live
@@ -72,6 +73,8 @@ def test_sequential_requests_do_not_queue_behind_callbacks(server: LiveServer, t
 def test_next_request_on_kept_alive_connection_is_not_delayed(
     server: LiveServer, token: str
 ) -> None:
+    if server.kind in SILENT_CLOSE:
+        pytest.skip("the server closes the connection without saying so")
     connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
     try:
         # Given a response whose callback is still running
@@ -114,7 +117,7 @@ def test_http11_response_is_complete_while_its_callback_runs(
 
     assert response.status == 200
     assert body == BODIES[shape]
-    if shape == "stream":
+    if shape == "stream" and server.kind not in SILENT_CLOSE:
         assert response.getheader("Transfer-Encoding") == "chunked"
     assert elapsed < 1.0
     assert_held_then_release(server, token)
