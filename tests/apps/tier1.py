@@ -90,6 +90,12 @@ def _add_routes(app: Flask) -> None:
         _hold(token).set()
         return "released\n"
 
+    @app.get("/fail/<token>")
+    def fail(token: str) -> str:
+        after_this_response(fail_after_touch, _out(), token)
+        after_this_response(sleep_then_touch, _out(), f"{token}-next", 0.0)
+        return "failing later\n"
+
     @app.get("/echo/<token>")
     def echo(token: str) -> tuple[str, int]:
         return token, 201
@@ -99,6 +105,11 @@ def sleep_then_touch(out: pathlib.Path, token: str, seconds: float) -> None:
     _write(out / f"{token}.started", threading.current_thread().name)
     time.sleep(seconds)
     _write(out / f"{token}.done", threading.current_thread().name)
+
+
+def fail_after_touch(out: pathlib.Path, token: str) -> None:
+    _write(out / f"{token}.started", threading.current_thread().name)
+    raise RuntimeError(f"callback {token} failed on purpose")
 
 
 def hold_then_touch(out: pathlib.Path, token: str) -> None:
@@ -135,3 +146,4 @@ def _log_to(path: pathlib.Path) -> None:
     logger = logging.getLogger("flask_afterward")
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
+    logger.propagate = False  # the server's own output stays apart, in server.log

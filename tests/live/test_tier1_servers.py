@@ -137,6 +137,24 @@ def test_http10_connection_closes_while_its_callback_runs(
     assert_held_then_release(server, token)
 
 
+def test_failing_callback_is_logged_and_never_reaches_the_server(
+    server: LiveServer, token: str
+) -> None:
+    response, _ = server.get(f"/fail/{token}")
+    assert response.status_code == 200
+
+    # The next callback of the request still ran
+    assert wait_until((server.out / f"{token}-next.done").exists), server.log()
+    # The failure went to the flask_afterward logger, with its traceback
+    app_log = server.app_log()
+    assert f"callback {token} failed on purpose" in app_log
+    assert "ERROR flask_afterward.callbacks After-response callback" in app_log
+    assert "Traceback" in app_log
+    # and not to the server, which still answers
+    assert "failed on purpose" not in server.log()
+    assert server.get("/ready")[0].ok
+
+
 def test_after_response_hook_sees_what_the_server_saw(server: LiveServer, token: str) -> None:
     response, _ = server.get(f"/echo/{token}")
     assert response.status_code == 201
