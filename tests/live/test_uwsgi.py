@@ -1,7 +1,7 @@
 """uWSGI, where Python threads only run with ``--enable-threads``.
 
-pyuwsgi is not a test dependency (it comes with the ``bench`` extra); without it
-these tests skip.
+uWSGI with threads is in the server matrix of ``test_tier1_servers.py``. pyuwsgi is
+not a test dependency (it comes with the ``bench`` extra); without it these tests skip.
 """
 
 from __future__ import annotations
@@ -32,16 +32,3 @@ def test_without_threads_callbacks_run_inline_and_it_warns_once(
     # Nothing is lost: the callbacks ran, in the worker itself, not on a pool thread
     assert not any(path.read_text().startswith(CALLBACK_THREAD) for path in done)
     assert server.app_log().count("uWSGI runs without --enable-threads") == 1
-
-
-def test_with_threads_the_client_does_not_wait(start_server: StartServer, token: str) -> None:
-    server = start_server("uwsgi-threads")
-
-    response, elapsed = server.get(f"/sleep/{token}?seconds=2")
-
-    assert response.ok
-    assert elapsed < 1.0
-    done = server.out / f"{token}.done"
-    assert wait_until(done.exists), server.log()
-    assert done.read_text().startswith(CALLBACK_THREAD)
-    assert "enable-threads" not in server.app_log()
