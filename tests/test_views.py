@@ -128,10 +128,13 @@ def test_accepted_view_answers_202_with_links_and_does_not_run_the_view(
 def test_accepted_options_reach_the_job(app: Flask, client: FlaskClient) -> None:
     steps = client.post("/steps").get_json()
     short = client.post("/short-lived").get_json()
+    client.post("/login", data={"username": "ada"})
+    flaky = client.post("/flaky").get_json()
 
     steps_record = record_of(app, steps["id"])
-    assert (steps_record.queue, steps_record.timeout, steps_record.max_retries) == ("steps", 60, 2)
+    assert (steps_record.queue, steps_record.timeout, steps_record.max_retries) == ("steps", 60, 0)
     assert record_of(app, short["id"]).result_ttl == 1
+    assert record_of(app, flaky["id"]).max_retries == 1
 
 
 def test_jobs_api_follows_the_url_prefix_setting(make_app: cabc.Callable[..., Flask]) -> None:
@@ -599,6 +602,26 @@ def test_events_stream_reports_rising_progress_and_ends(app: Flask, client: Flas
     assert progress == sorted(progress)
     assert events[-1][1]["state"] == "succeeded"
     assert events[-1][1]["progress"] == 1.0
+
+
+def test_last_event_of_a_job_failing_while_streamed_has_its_error(
+    app: Flask, client: FlaskClient
+) -> None:
+    body = client.post("/steps?steps=4&pause=0.1&fail=1").get_json()
+    thread = threading.Thread(target=worker_for(app, afterward).run_once)
+    thread.start()
+    try:
+        with client.get(body["events_url"], buffered=False) as response:
+            events = _events(response)
+    finally:
+        thread.join(timeout=30)
+
+    assert events[0][1]["state"] in {"queued", "running"}
+    last = events[-1][1]
+    assert last["state"] == "failed"
+    assert last["error"] == {"type": "RuntimeError", "message": "failed after its steps"}
+    assert last["finished_at"] is not None and last["started_at"] is not None
+    assert last["result_url"] == body["result_url"]
 
 
 def test_events_of_a_finished_job_are_one_update(app: Flask, client: FlaskClient) -> None:

@@ -47,6 +47,8 @@ RETRY_AFTER: t.Final = 1
 #: Longest an event stream stays open; the client reconnects (EventSource does).
 EVENTS_MAX_SECONDS: t.Final = 60.0
 _EVENTS_POLL: t.Final = 0.2
+#: Seconds of silence after which a stream writes a comment (see ``_event_stream``).
+_EVENTS_HEARTBEAT: t.Final = 1.0
 _ID_PATTERN: t.Final = re.compile(r"[A-Za-z0-9_-]{22}")
 
 
@@ -147,13 +149,22 @@ def _iso(timestamp: float | None) -> str | None:
 
 def describe(record: JobRecord) -> dict[str, t.Any]:
     """The JSON status of a job (the traceback only when the app is in debug mode)."""
+    urls = job_urls(record.id)
+    return {
+        **_fields(record, debug=current_app.debug),
+        "result_url": urls["result_url"],
+        "events_url": urls["events_url"],
+    }
+
+
+def _fields(record: JobRecord, *, debug: bool) -> dict[str, t.Any]:
+    """What :func:`describe` says of a job, but its URLs (which need the request)."""
     error: dict[str, str | None] | None = None
     summary = error_summary(record.error)
     if summary is not None:
         error = {"type": summary[0], "message": summary[1]}
-        if current_app.debug:
+        if debug:
             error["traceback"] = record.error
-    urls = job_urls(record.id)
     return {
         "id": record.id,
         "task": record.task,
@@ -165,8 +176,6 @@ def describe(record: JobRecord) -> dict[str, t.Any]:
         "started_at": _iso(record.started_at),
         "finished_at": _iso(record.finished_at),
         "error": error,
-        "result_url": urls["result_url"],
-        "events_url": urls["events_url"],
     }
 
 
@@ -235,42 +244,46 @@ def job_events(job_id: str) -> Response:
 
     One ``update`` event per change, the last when the job finishes; the stream then
     ends. It never stays open longer than ``EVENTS_MAX_SECONDS``; EventSource
-    reconnects on its own.
+    reconnects on its own. While nothing changes, a comment line is written every
+    ``_EVENTS_HEARTBEAT`` seconds, so a server notices a client that left and frees its
+    thread (gunicorn gthread and waitress have only a few).
     """
     found = _authorized(job_id, "read")
     if isinstance(found, Response):
         return found
     store = _store()
     first = describe(found)
-    events = _event_stream(store, found, first)
+    events = _event_stream(store, found, first, debug=current_app.debug)
     response = current_app.response_class(events, mimetype="text/event-stream")
     response.headers["Cache-Control"] = "no-cache"
     response.headers["X-Accel-Buffering"] = "no"  # nginx: do not buffer the stream
     return response
 
 
-def _event_stream(store: Store, record: JobRecord, first: dict[str, t.Any]) -> cabc.Iterator[str]:
-    # The status JSON is built once here, in the request, because url_for needs the
-    # request context; later events only change the fields that move.
+def _event_stream(
+    store: Store, record: JobRecord, first: dict[str, t.Any], *, debug: bool
+) -> cabc.Iterator[str]:
+    # ``first`` is built in the request, because url_for needs the request context;
+    # later events take its URLs and describe the job anew.
     deadline = time.monotonic() + EVENTS_MAX_SECONDS
     seen = None
-    status = first
     yield "retry: 1000\n\n"
+    quiet_since = time.monotonic()
     while True:
         current = (record.state, record.progress, record.message, record.attempts)
         if current != seen:
             seen = current
-            status = {
-                **status,
-                "state": str(record.state),
-                "progress": record.progress,
-                "message": record.message,
-                "attempts": record.attempts,
-            }
+            status = {**first, **_fields(record, debug=debug)}
             yield f"event: update\ndata: {json.dumps(status)}\n\n"
+            quiet_since = time.monotonic()
         if record.state in TERMINAL or time.monotonic() >= deadline:
             return
         time.sleep(_EVENTS_POLL)
+        if time.monotonic() - quiet_since >= _EVENTS_HEARTBEAT:
+            # A comment, which EventSource ignores. Writing it is how the server
+            # learns that a client left: its thread is freed, not held to the deadline.
+            yield ": keep-alive\n\n"
+            quiet_since = time.monotonic()
         latest = store.get(record.id)
         if latest is None:
             yield "event: gone\ndata: {}\n\n"

@@ -6,8 +6,8 @@
 Flask's ``from_prefixed_env`` reads them). The server app also mounts, under
 ``/mounted``, a second app whose jobs API is guarded by ``AFTERWARD_AUTHORIZE``.
 
-``python -m tests.apps.accepted waitress FD`` serves it with waitress on a socket the
-parent is listening on (gunicorn takes ``--bind fd://FD`` itself).
+``python -m tests.apps.accepted waitress FD THREADS`` serves it with waitress on a socket
+the parent is listening on (gunicorn takes ``--bind fd://FD`` itself).
 """
 
 from __future__ import annotations
@@ -178,10 +178,14 @@ def boom() -> str:
 
 
 @main.post("/steps")
-@afterward.accepted(queue="steps", retries=2, timeout=60)
+@afterward.accepted(queue="steps", timeout=60)
 def steps() -> dict[str, int]:
-    """Reports ``?steps=`` progress steps, ``?pause=`` seconds apart."""
-    return _run_steps()
+    """Reports ``?steps=`` progress steps, ``?pause=`` seconds apart; ``?fail=1``
+    then raises."""
+    done = _run_steps()
+    if request.args.get("fail"):
+        raise RuntimeError("failed after its steps")
+    return done
 
 
 @main.post("/short-lived")
@@ -269,13 +273,13 @@ def _run_steps() -> dict[str, int]:
     return {"steps": count}
 
 
-def main_waitress(fd: int) -> None:
+def main_waitress(fd: int, threads: int) -> None:
     import waitress
 
-    waitress.serve(create_server_app(), sockets=[socket.socket(fileno=fd)], threads=4)
+    waitress.serve(create_server_app(), sockets=[socket.socket(fileno=fd)], threads=threads)
 
 
 if __name__ == "__main__":
     if sys.argv[1] != "waitress":
         raise SystemExit(f"unknown server {sys.argv[1]!r}")
-    main_waitress(int(sys.argv[2]))
+    main_waitress(int(sys.argv[2]), int(sys.argv[3]))

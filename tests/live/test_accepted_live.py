@@ -27,6 +27,8 @@ pytestmark = pytest.mark.live
 
 #: Headers the server adds on its own, not part of the view's response.
 SERVER_HEADERS = frozenset({"date", "server", "content-length", "connection", "keep-alive"})
+#: Request threads of each server (gunicorn --threads, waitress threads).
+THREADS = 4
 
 
 class AcceptedServer(LiveServer):
@@ -41,11 +43,11 @@ class AcceptedServer(LiveServer):
 
     def _command(self, fd: int) -> list[str]:
         if self.kind == "waitress":
-            return [sys.executable, "-m", "tests.apps.accepted", "waitress", str(fd)]
+            return [sys.executable, "-m", "tests.apps.accepted", "waitress", str(fd), str(THREADS)]
         if self.kind == "gunicorn-gthread":
             return [
                 *[sys.executable, "-m", "gunicorn", "--workers", "1", "--graceful-timeout", "5"],
-                *["--worker-class", "gthread", "--threads", "4", "--bind", f"fd://{fd}"],
+                *["--worker-class", "gthread", "--threads", str(THREADS), "--bind", f"fd://{fd}"],
                 "tests.apps.accepted:create_server_app()",
             ]
         raise ValueError(f"unknown server {self.kind!r}")
@@ -202,6 +204,28 @@ def test_events_stream_progress_as_it_happens_and_ends(
     # Events arrived as they happened, not all at the end.
     first_running = next(at for at, event in events if event["state"] == "running")
     assert events[-1][0] - first_running > 0.3
+
+
+def test_abandoned_event_streams_do_not_hold_the_servers_threads(
+    server: AcceptedServer, http: requests.Session
+) -> None:
+    # Given as many open streams as the server has threads, of a job that stays queued
+    body = accept(server, http, "/parked")
+    streams = []
+    for _ in range(THREADS):
+        stream = requests.get(server.url(body["events_url"]), stream=True, timeout=10)
+        assert next(stream.iter_lines()) == b"retry: 1000"
+        streams.append(stream)
+
+    # When their clients go away
+    for stream in streams:
+        stream.close()
+
+    # Then the server answers again, well before the streams' 60 s bound
+    started = time.perf_counter()
+    response = requests.get(server.url("/ready"), timeout=30)
+    assert response.status_code == 200
+    assert time.perf_counter() - started < 10
 
 
 def test_cancel_of_a_queued_job(server: AcceptedServer, http: requests.Session) -> None:
