@@ -523,20 +523,39 @@ def test_after_close_callbacks_run_inline(
     assert threads == [threading.current_thread().name]
 
 
+class ServerFileWrapper:
+    """A server's ``wsgi.file_wrapper``: servers test ``isinstance`` to use sendfile."""
+
+    def __init__(self, filelike: t.Any, block_size: int = 8192) -> None:
+        self.filelike = filelike
+
+    def __iter__(self) -> ServerFileWrapper:
+        return self
+
+    def __next__(self) -> bytes:
+        data: bytes = self.filelike.read(8192)
+        if not data:
+            raise StopIteration
+        return data
+
+    def close(self) -> None:
+        self.filelike.close()
+
+
+def call_wsgi(app: Flask, environ: dict[str, t.Any]) -> tuple[str, t.Any]:
+    """Call ``app`` as a server would; return the status line and the iterable."""
+    statuses: list[str] = []
+
+    def start_response(status: str, headers: list[tuple[str, str]], exc: t.Any = None) -> t.Any:
+        statuses.append(status)
+
+    result = app(environ, start_response)
+    return statuses[0], result
+
+
 def test_send_file_keeps_the_servers_file_wrapper(
     app: Flask, afterward: Afterward, tmp_path: t.Any
 ) -> None:
-    # A server's wsgi.file_wrapper, as servers test for it (isinstance) to use sendfile.
-    class ServerFileWrapper:
-        def __init__(self, filelike: t.Any, block_size: int = 8192) -> None:
-            self.filelike = filelike
-
-        def __iter__(self) -> cabc.Iterator[bytes]:
-            return iter(lambda: self.filelike.read(8192), b"")
-
-        def close(self) -> None:
-            self.filelike.close()
-
     path = tmp_path / "data.bin"
     path.write_bytes(b"x" * 100_000)
     ran = threading.Event()
@@ -548,26 +567,62 @@ def test_send_file_keeps_the_servers_file_wrapper(
 
     environ = EnvironBuilder(path="/file").get_environ()
     environ["wsgi.file_wrapper"] = ServerFileWrapper
-    statuses: list[str] = []
 
-    def start_response(
-        status: str, headers: list[tuple[str, str]], exc_info: t.Any = None
-    ) -> t.Any:
-        statuses.append(status)
-
-    result = app(environ, start_response)
+    status, result = call_wsgi(app, environ)
 
     # The server gets its own wrapper back, around a file it can sendfile from
     assert environ["wsgi.file_wrapper"] is ServerFileWrapper
     assert isinstance(result, ServerFileWrapper)
     with open(path, "rb") as real:
         assert os.path.sameopenfile(result.filelike.fileno(), real.fileno())
-    assert statuses == ["200 OK"]
+    assert status == "200 OK"
     assert b"".join(result) == path.read_bytes()
     assert not ran.is_set()
     # and closing it is what hands the callbacks over
     result.close()
     assert ran.wait(timeout=5)
+
+
+@pytest.mark.parametrize(
+    ("method", "headers", "status", "body"),
+    [
+        ("GET", {"Range": "bytes=10-19"}, "206 PARTIAL CONTENT", b"0123456789"),
+        ("GET", {"If-None-Match": "*"}, "304 NOT MODIFIED", b""),
+        ("HEAD", {}, "200 OK", b""),
+    ],
+)
+def test_conditional_and_partial_file_responses_deliver_once(
+    app: Flask,
+    afterward: Afterward,
+    tmp_path: t.Any,
+    method: str,
+    headers: dict[str, str],
+    status: str,
+    body: bytes,
+) -> None:
+    # Werkzeug answers these without handing the server its file wrapper, but the file
+    # wrapper was made (and is closed), so both close() hooks fire: only one counts.
+    path = tmp_path / "data.txt"
+    path.write_bytes(b"0123456789" * 3)
+    runs: list[str] = []
+
+    @app.route("/file", methods=["GET", "HEAD"])
+    def download() -> Response:
+        after_this_response(runs.append, "callback")
+        return send_file(path, etag=True)
+
+    environ = EnvironBuilder(
+        path="/file", method=method, headers=list(headers.items())
+    ).get_environ()
+    environ["wsgi.file_wrapper"] = ServerFileWrapper
+
+    got_status, result = call_wsgi(app, environ)
+    assert got_status == status
+    assert b"".join(result) == body
+    result.close()
+
+    assert afterward.wait_for_callbacks(timeout=5, app=app)
+    assert runs == ["callback"]
 
 
 def test_send_file_through_the_test_client(
