@@ -192,6 +192,18 @@ def test_result_is_the_views_own_status_headers_and_body(app: Flask, client: Fla
     )
 
 
+def test_file_sent_by_the_view_is_the_result(app: Flask, client: FlaskClient) -> None:
+    body = client.post("/report.pdf").get_json()
+    run_jobs(app)
+
+    result = client.get(body["result_url"])
+
+    assert result.status_code == 200
+    assert result.mimetype == "application/pdf"
+    assert result.headers["Content-Disposition"] == "inline; filename=report.pdf"
+    assert result.data == accepted.PDF
+
+
 def test_status_describes_the_finished_job(app: Flask, client: FlaskClient) -> None:
     body = client.post("/slow?seconds=0").get_json()
     run_jobs(app)

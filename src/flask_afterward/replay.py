@@ -161,6 +161,9 @@ def replay(captured: CapturedRequest, secrets: dict[str, str], job_id: str) -> d
 
 def encode_response(response: Response) -> dict[str, t.Any]:
     """Status, headers and body of a response, as JSON-ready data."""
+    # send_file() answers in passthrough mode, for the server to send the file; read
+    # it now instead (it may be gone when the result is fetched).
+    response.direct_passthrough = False
     body = response.get_data()
     headers = [
         (name, value)

@@ -13,6 +13,7 @@ the parent is listening on (gunicorn takes ``--bind fd://FD`` itself).
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 import pathlib
 import socket
@@ -27,6 +28,7 @@ from flask import g
 from flask import jsonify
 from flask import request
 from flask import Response
+from flask import send_file
 from flask import session
 from flask_login import current_user
 from flask_login import login_required
@@ -49,6 +51,8 @@ API_TOKEN = "Bearer s3cret-token"
 USERS = frozenset({"ada", "grace"})
 #: Header that makes the mounted app's AFTERWARD_AUTHORIZE say yes.
 ROLE_HEADER = "X-Role"
+#: The file ``/report.pdf`` sends.
+PDF = b"%PDF-1.7\n" + bytes(range(256)) * 4
 
 afterward = Afterward()
 login_manager = LoginManager()
@@ -200,6 +204,13 @@ def park() -> Response:
     job = parked.options(delay=60).delay()
     response: Response = afterward.accepted_response(job)
     return response
+
+
+@main.post("/report.pdf")
+@afterward.accepted
+def report_pdf() -> Response:
+    """A file answer: send_file streams it in passthrough mode."""
+    return send_file(io.BytesIO(PDF), mimetype="application/pdf", download_name="report.pdf")
 
 
 @main.post("/form")
