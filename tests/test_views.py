@@ -37,6 +37,7 @@ from flask_afterward import replay
 from flask_afterward import serializers
 from flask_afterward import State
 from flask_afterward import views
+from flask_afterward.errors import ConfigurationError
 from flask_afterward.errors import JobCancelled
 from flask_afterward.jobs import JobRecord
 from flask_afterward.views import job_urls
@@ -147,6 +148,23 @@ def test_jobs_api_follows_the_url_prefix_setting(make_app: cabc.Callable[..., Fl
     assert client.get("/api/jobs-api/openapi.json").get_json()["servers"] == [
         {"url": "/api/jobs-api"}
     ]
+
+
+def test_without_secret_key_nothing_is_enqueued_that_nobody_could_follow(
+    make_app: cabc.Callable[..., Flask],
+) -> None:
+    app = make_app(SECRET_KEY=None)
+
+    with pytest.raises(ConfigurationError, match="SECRET_KEY"):
+        app.test_client().post("/slow?seconds=0")
+
+    assert store_of(app).list() == []
+
+
+def test_authorize_hook_needs_no_secret_key(make_app: cabc.Callable[..., Flask]) -> None:
+    app = make_app(SECRET_KEY=None, AFTERWARD_AUTHORIZE=accepted.authorize_by_role)
+
+    assert app.test_client().post("/slow?seconds=0").status_code == 202
 
 
 # Results

@@ -38,6 +38,7 @@ from .tasks import Task
 from .tasks import TaskOptions
 from .views import accepted_response
 from .views import ACCEPTED_TASK
+from .views import check_job_urls
 from .views import make_blueprint
 from .worker import WorkerGroup
 
@@ -327,6 +328,7 @@ class Afterward:
                 limit = self._state(None).settings.max_payload
                 if (request.content_length or 0) > limit:
                     abort(413, f"The request body is over AFTERWARD_MAX_PAYLOAD ({limit}).")
+                check_job_urls()
                 captured, secrets = capture_request()
                 try:
                     job = task.enqueue((captured,), {}, secrets=secrets)

@@ -54,15 +54,25 @@ _ID_PATTERN: t.Final = re.compile(r"[A-Za-z0-9_-]{22}")
 
 def capability(job_id: str) -> str:
     """The key that lets its holder read and cancel this job (see the module docs)."""
+    digest = hmac.new(_signing_key(), b"flask-afterward job " + job_id.encode(), hashlib.sha256)
+    return base64.urlsafe_b64encode(digest.digest()[:16]).rstrip(b"=").decode()
+
+
+def _signing_key() -> bytes:
     secret = current_app.secret_key
     if not secret:
         raise ConfigurationError(
             "The jobs API signs job URLs with the app's SECRET_KEY, which is not set. "
             "Set SECRET_KEY, or decide access yourself with AFTERWARD_AUTHORIZE."
         )
-    key = secret.encode() if isinstance(secret, str) else secret
-    digest = hmac.new(key, b"flask-afterward job " + job_id.encode(), hashlib.sha256)
-    return base64.urlsafe_b64encode(digest.digest()[:16]).rstrip(b"=").decode()
+    return secret.encode() if isinstance(secret, str) else secret
+
+
+def check_job_urls() -> None:
+    """Raise :class:`ConfigurationError` now if :func:`job_urls` would: call it before
+    enqueuing, so that a misconfigured app stores no job its client cannot follow."""
+    if current_app.extensions[EXTENSION_KEY].settings.authorize is None:
+        _signing_key()
 
 
 def job_urls(job_id: str) -> dict[str, str]:
