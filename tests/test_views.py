@@ -445,6 +445,26 @@ def test_flask_login_user_is_the_current_user_in_the_worker(
     assert client.get(body["result_url"]).get_json() == {"user": "ada", "in_job": True}
 
 
+def test_session_cookie_is_not_stored_in_the_result(app: Flask, client: FlaskClient) -> None:
+    # A permanent session makes Flask send the session cookie with every response,
+    # the replayed one too.
+    client.post("/login", data={"username": "ada", "permanent": "1"})
+    cookie = client.get_cookie("session")
+    assert cookie is not None and cookie.expires is not None
+    me = client.post("/me").get_json()
+    slow = client.post("/slow?seconds=0").get_json()
+    run_jobs(app)
+
+    for job in (me, slow):
+        assert cookie.value not in (record_of(app, job["id"]).result or "")
+    me_result = client.get(me["result_url"])
+    assert me_result.get_json()["user"] == "ada"
+    # The view's own cookies are kept.
+    assert client.get(slow["result_url"]).headers.getlist("Set-Cookie")[0] == (
+        "report=built; Path=/"
+    )
+
+
 def test_session_ended_before_the_job_ran_is_seen_by_the_worker(
     app: Flask, client: FlaskClient
 ) -> None:

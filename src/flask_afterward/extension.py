@@ -304,7 +304,8 @@ class Afterward:
         replays it through the app, so hooks, the session, error handlers and
         ``current_user`` behave as in the original request, and the view's response
         (status, headers, body) is served at the job's result URL. ``Cookie`` and
-        ``Authorization`` are stored apart and wiped when the job finishes.
+        ``Authorization`` are stored apart and wiped when the job finishes, and the
+        session cookie the replay would send back is left out of the result.
 
         .. code-block:: python
 

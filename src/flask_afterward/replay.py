@@ -154,9 +154,27 @@ def replay(captured: CapturedRequest, secrets: dict[str, str], job_id: str) -> d
     with app.request_context(environ):
         response = app.full_dispatch_request()
         try:
+            _drop_session_cookie(app, response)
             return encode_response(response)
         finally:
             response.close()
+
+
+def _drop_session_cookie(app: Flask, response: Response) -> None:
+    """Keep the session cookie out of the stored result.
+
+    Replaying the request's Cookie makes Flask send the session back (a permanent
+    session is refreshed on every request). Stored, it would outlive the job's wiped
+    secrets as a credential anyone with the result URL could use, and served later it
+    would undo a logout. The client still holds its own session cookie.
+    """
+    name = app.session_interface.get_cookie_name(app)
+    cookies = response.headers.getlist("Set-Cookie")
+    kept = [cookie for cookie in cookies if cookie.partition("=")[0].strip() != name]
+    if len(kept) < len(cookies):
+        del response.headers["Set-Cookie"]
+        for cookie in kept:
+            response.headers.add("Set-Cookie", cookie)
 
 
 def encode_response(response: Response) -> dict[str, t.Any]:

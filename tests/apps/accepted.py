@@ -147,6 +147,7 @@ def login() -> str:
     if user is None:
         abort(403)
     login_user(user)
+    session.permanent = bool(request.form.get("permanent"))  # refreshed on every request
     return "logged in\n"
 
 

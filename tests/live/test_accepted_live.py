@@ -312,7 +312,9 @@ def test_flask_login_user_runs_the_job_and_the_cookie_is_wiped(
     server: AcceptedServer, http: requests.Session
 ) -> None:
     assert http.post(server.url("/me"), timeout=10).status_code == 401
-    login = http.post(server.url("/login"), data={"username": "grace"}, timeout=10)
+    # A permanent session: Flask sends its cookie back with every response.
+    data = {"username": "grace", "permanent": "1"}
+    login = http.post(server.url("/login"), data=data, timeout=10)
     assert login.status_code == 200
     cookie = http.cookies["session"]
 
@@ -325,6 +327,7 @@ def test_flask_login_user_runs_the_job_and_the_cookie_is_wiped(
     assert record is not None
     assert record.secrets is None
     assert cookie not in record.payload and "Cookie" not in record.payload
+    assert cookie not in (record.result or "")
 
 
 def test_async_view_and_chunked_body(server: AcceptedServer, http: requests.Session) -> None:
