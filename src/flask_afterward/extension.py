@@ -10,6 +10,7 @@ import os
 import signal
 import sys
 import threading
+import time
 import typing as t
 
 import click
@@ -77,8 +78,11 @@ class _AppState:
                 threads=settings.callback_threads,
                 max_pending=settings.max_pending_callbacks,
                 shutdown_timeout=settings.shutdown_timeout,
+                close_at_exit=False,
             )
         self.callbacks = CallbackRunner(app, afterward._response_hooks, pool)
+        # One exit hook for callbacks and jobs, so they share one shutdown deadline.
+        atexit.register(self.close)
 
     def start_workers(self) -> None:
         """Start this process's in-process workers, once (``AFTERWARD_WORKERS``).
@@ -104,7 +108,6 @@ class _AppState:
                 lease=settings.lease,
             )
             self._workers.start()
-            atexit.register(self._close_workers)
             self._workers_pid = os.getpid()
 
     def use_workers(self, workers: WorkerGroup) -> None:
@@ -134,7 +137,6 @@ class _AppState:
         workers, self._workers = self._workers, None
         if workers is None or self._workers_pid != os.getpid():
             return 0
-        atexit.unregister(self._close_workers)
         return workers.close(self.settings.shutdown_timeout if timeout is None else timeout)
 
     def close(self, timeout: float | None = None) -> int:
@@ -143,9 +145,16 @@ class _AppState:
         Returns how many callbacks did not finish plus how many running jobs were put
         back in the queue.
         """
+        atexit.unregister(self.close)
+        timeout = self.settings.shutdown_timeout if timeout is None else timeout
+        deadline = time.monotonic() + timeout
+        workers = self._workers
+        if workers is not None and self._workers_pid == os.getpid():
+            workers.stop.set()  # stop claiming now; running jobs finish meanwhile
+            workers.wake.set()
         pool = self.callbacks.pool
         left = pool.close(timeout) if pool is not None else 0
-        left += self._close_workers(timeout)
+        left += self._close_workers(max(0.0, deadline - time.monotonic()))
         self.store.close()
         return left
 

@@ -33,6 +33,8 @@ class CallbackPool:
         beyond it, and the caller runs the work itself.
     :param shutdown_timeout: seconds ``close`` at interpreter exit waits for the rest.
     :param name: thread name prefix; threads are ``{name}-1`` … ``{name}-N``.
+    :param close_at_exit: close (with ``shutdown_timeout``) at interpreter exit; off
+        when the owner closes the pool itself, under one deadline with other work.
     """
 
     def __init__(
@@ -42,11 +44,13 @@ class CallbackPool:
         max_pending: int,
         shutdown_timeout: float,
         name: str = "flask-afterward-callback",
+        close_at_exit: bool = True,
     ) -> None:
         self.size = threads
         self.max_pending = max_pending
         self.shutdown_timeout = shutdown_timeout
         self.name = name
+        self.close_at_exit = close_at_exit
         self._reset()
         _POOLS.add(self)
 
@@ -90,7 +94,12 @@ class CallbackPool:
         # Daemon threads would die mid-callback at exit; this gives them their time.
         # Registered first: an exit that begins while the threads are starting must
         # still find it, and it waits on the lock we hold until they all run.
-        atexit.register(self.close)
+        if self.close_at_exit:
+            atexit.register(self.close)
+        # Made here, on first use, not at import or init_app: under gevent with
+        # --preload the app loads before monkey-patching, and an unpatched queue would
+        # block the whole worker process in get().
+        self._queue = queue.SimpleQueue()
         for number in range(1, self.size + 1):
             thread = threading.Thread(target=self._work, name=f"{self.name}-{number}", daemon=True)
             thread.start()
@@ -101,7 +110,9 @@ class CallbackPool:
             fn, weight = item
             try:
                 fn()
-            except Exception:
+            except BaseException:
+                # Even SystemExit from a callback must not end this thread: the pool
+                # would silently lose capacity for good.
                 logger.exception("Unexpected error in %s.", threading.current_thread().name)
             finally:
                 with self._lock:
