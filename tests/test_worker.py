@@ -535,6 +535,30 @@ def test_signals_report_each_step_with_the_app_as_sender(app: Flask, afterward: 
     ]
 
 
+def test_a_failing_signal_receiver_is_logged_and_the_job_still_finishes(
+    app: Flask, afterward: Afterward, caplog: pytest.LogCaptureFixture
+) -> None:
+    @afterward.task
+    def ok() -> str:
+        return "done"
+
+    def broken_receiver(sender: object, **kwargs: object) -> None:
+        raise RuntimeError("receiver bug")
+
+    with (
+        job_started.connected_to(broken_receiver),
+        job_finished.connected_to(broken_receiver),
+        app.app_context(),
+    ):
+        job = ok.delay()
+        run_burst(app, afterward)
+        assert job.result(timeout=5) == "done"
+
+    failures = [r for r in caplog.records if "receiver of the" in r.getMessage()]
+    assert len(failures) == 2
+    assert all(r.exc_info is not None for r in failures)
+
+
 # --- in-process workers ---------------------------------------------------------------
 
 

@@ -42,6 +42,7 @@ from .tasks import call_task
 from .tasks import Task
 
 if t.TYPE_CHECKING:
+    from blinker import NamedSignal
     from flask import Flask
 
     from .stores.base import QueueStore
@@ -166,7 +167,7 @@ class Worker:
             return
         attempt = self.current = _Attempt(record, self.lease)
         job: Job[t.Any] = Job(record, self.store)
-        job_started.send(self.app, job=job)
+        _send(job_started, self.app, job=job)
         token = set_current(RunningJob(record, functools.partial(self._report, attempt)))
         try:
             with self.app.app_context():
@@ -204,24 +205,25 @@ class Worker:
         self, record: JobRecord, job: Job[t.Any], error: str, *, may_retry: bool = True
     ) -> None:
         """Record a failed attempt: a retry with back-off if any is left, else failed."""
-        retry_at = None
+        retry_at = delay = None
         if may_retry and record.attempts <= record.max_retries:
-            retry_at = time.time() + backoff(record.attempts, base=record.retry_backoff)
+            delay = backoff(record.attempts, base=record.retry_backoff)
+            retry_at = time.time() + delay
         is_ours = self.store.fail(record.id, self.id, error, retry_at)
         summary = error.split("\n", 1)[0]
-        if retry_at is not None:
+        if delay is not None:
             logger.info(
                 "Job %s (%s) failed on attempt %d, retrying in %.1f s: %s",
                 record.id,
                 record.task,
                 record.attempts,
-                retry_at - time.time(),
+                delay,
                 summary,
             )
             self._finish(job, is_ours, "retrying")
         else:
             logger.warning(
-                "Job %s (%s) failed after %d attempts: %s\n%s",
+                "Job %s (%s) failed on its last attempt (%d): %s\n%s",
                 record.id,
                 record.task,
                 record.attempts,
@@ -248,7 +250,15 @@ class Worker:
             )
             return
         logger.debug("Job %s (%s) %s.", job.id, job.record.task, outcome)
-        job_finished.send(self.app, job=job, outcome=outcome)
+        _send(job_finished, self.app, job=job, outcome=outcome)
+
+
+def _send(signal: NamedSignal, app: Flask, **kwargs: t.Any) -> None:
+    """Send a signal; a receiver that raises is logged and must not strand the job."""
+    try:
+        signal.send(app, **kwargs)
+    except Exception:
+        logger.exception("A receiver of the %s signal failed.", signal.name)
 
 
 class WorkerGroup:

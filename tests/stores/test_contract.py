@@ -956,6 +956,7 @@ def test_complete_stores_the_result_and_ends_the_lease(queue_store: QueueStore) 
     assert record is not None
     assert record.state == State.SUCCEEDED
     assert record.result == '{"sum": 3}'
+    assert record.progress == 1.0
     assert record.finished_at is not None and before <= record.finished_at <= time.time()
     assert record.worker is None and record.lease_until is None
     assert record.attempts == 1

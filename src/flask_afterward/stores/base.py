@@ -146,7 +146,7 @@ class QueueStore(Store, t.Protocol):
         ...
 
     def complete(self, job_id: str, worker: str, result: str | None) -> bool:
-        """running → succeeded, with the JSON ``result``."""
+        """running → succeeded, with the JSON ``result`` and progress 1.0."""
         ...
 
     def fail(self, job_id: str, worker: str, error: str, retry_at: float | None) -> bool:

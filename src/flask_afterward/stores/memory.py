@@ -222,6 +222,7 @@ class MemoryStore:
             state=State.SUCCEEDED,
             secrets=None,
             result=result,
+            progress=1.0,
             finished_at=time.time(),
             worker=None,
             lease_until=None,

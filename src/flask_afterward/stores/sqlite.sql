@@ -189,7 +189,7 @@ WHERE id = :id AND state = 'running' AND worker = :worker;
 
 -- complete --
 UPDATE afterward_jobs
-SET state = 'succeeded', result = :result, finished_at = :now,
+SET state = 'succeeded', result = :result, progress = 1.0, finished_at = :now,
     expires_at = :now + result_ttl, worker = NULL, lease_until = NULL, secrets = NULL
 WHERE id = :id AND state = 'running' AND worker = :worker;
 
