@@ -4,8 +4,9 @@ This file builds the app from the parts in ``demoapp/`` and serves it with the W
 development server. Each part is a blueprint; a later demo (durable jobs, reports) adds
 its own module to ``demoapp/`` and its blueprint to :data:`BLUEPRINTS`.
 
-Settings come from the environment: ``PORT`` (default 5000) and ``DEMO_MAIL_DELAY``
-(seconds the simulated mail takes, default 3).
+Settings come from the environment: ``PORT`` (default 5000), ``DEMO_MAIL_DELAY``
+(seconds the simulated mail takes, default 3) and ``DEMO_REPORT_SECONDS`` (seconds a
+report takes to build, default 5).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import os
 import pathlib
 import typing as t
 
+from demoapp import reports
 from demoapp import signup
 from demoapp import signup_jobs
 from demoapp.extensions import afterward
@@ -26,7 +28,7 @@ from flask import Flask
 EXAMPLES = pathlib.Path(__file__).resolve().parent
 
 #: Every part of the demo, in the order they are registered.
-BLUEPRINTS: tuple[Blueprint, ...] = (signup.bp, signup_jobs.bp)
+BLUEPRINTS: tuple[Blueprint, ...] = (signup.bp, signup_jobs.bp, reports.bp)
 
 
 def create_app(
@@ -37,9 +39,11 @@ def create_app(
     # "flask --app examples/demo.py afterward ..." must open the same job store.
     app = Flask(__name__, instance_path=instance_path or str(EXAMPLES / "instance"))
     app.config.update(
-        # Flash messages live in the signed session cookie; this key is for the demo only.
+        # Signs the session cookie (flash messages) and the job URLs of /reports/;
+        # this key is for the demo only.
         SECRET_KEY="flask-afterward demo, not a secret",
         DEMO_MAIL_DELAY=3.0,
+        DEMO_REPORT_SECONDS=5.0,
     )
     if config is not None:
         app.config.update(config)
@@ -60,12 +64,14 @@ def main() -> None:
     )
     port = int(os.environ.get("PORT", "5000"))
     config: dict[str, t.Any] = {}
-    if "DEMO_MAIL_DELAY" in os.environ:
-        config["DEMO_MAIL_DELAY"] = float(os.environ["DEMO_MAIL_DELAY"])
+    for key in ("DEMO_MAIL_DELAY", "DEMO_REPORT_SECONDS"):
+        if key in os.environ:
+            config[key] = float(os.environ[key])
     app = create_app(config)
     logging.getLogger("demo").info(
-        "Open http://127.0.0.1:%d/ (callbacks) or http://127.0.0.1:%d/jobs/ (durable jobs) "
-        "and sign up.",
+        "Open http://127.0.0.1:%d/ (callbacks), http://127.0.0.1:%d/jobs/ (durable jobs) "
+        "or http://127.0.0.1:%d/reports/ (accepted views).",
+        port,
         port,
         port,
     )
