@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 import typing as t
+import weakref
 
 import click
 from flask import abort
@@ -71,6 +72,8 @@ class _AppState:
         self.store.close()
         self._workers: WorkerGroup | None = None
         self._workers_pid = 0
+        #: False for the CLI worker's group: its command stops it, not our exit hook
+        self._is_workers_owned = True
         self._workers_lock = threading.Lock()
         pool = None
         if not _is_uwsgi_without_threads():
@@ -82,7 +85,9 @@ class _AppState:
             )
         self.callbacks = CallbackRunner(app, afterward._response_hooks, pool)
         # One exit hook for callbacks and jobs, so they share one shutdown deadline.
-        atexit.register(self.close)
+        # It holds the state weakly: apps that are gone (test suites) are not kept.
+        self._exit_hook = functools.partial(_close_at_exit, weakref.ref(self))
+        atexit.register(self._exit_hook)
 
     def start_workers(self) -> None:
         """Start this process's in-process workers, once (``AFTERWARD_WORKERS``).
@@ -109,6 +114,7 @@ class _AppState:
             )
             self._workers.start()
             self._workers_pid = os.getpid()
+            self._is_workers_owned = True
 
     def use_workers(self, workers: WorkerGroup) -> None:
         """Make ``workers`` this process's workers (``flask afterward worker``).
@@ -119,6 +125,7 @@ class _AppState:
         with self._workers_lock:
             self._workers = workers
             self._workers_pid = os.getpid()
+            self._is_workers_owned = False
 
     def wake_workers(self) -> None:
         """A job was queued in this process: start or wake the local workers.
@@ -135,7 +142,7 @@ class _AppState:
 
     def _close_workers(self, timeout: float | None = None) -> int:
         workers, self._workers = self._workers, None
-        if workers is None or self._workers_pid != os.getpid():
+        if workers is None or self._workers_pid != os.getpid() or not self._is_workers_owned:
             return 0
         return workers.close(self.settings.shutdown_timeout if timeout is None else timeout)
 
@@ -145,11 +152,11 @@ class _AppState:
         Returns how many callbacks did not finish plus how many running jobs were put
         back in the queue.
         """
-        atexit.unregister(self.close)
+        atexit.unregister(self._exit_hook)
         timeout = self.settings.shutdown_timeout if timeout is None else timeout
         deadline = time.monotonic() + timeout
         workers = self._workers
-        if workers is not None and self._workers_pid == os.getpid():
+        if workers is not None and self._workers_pid == os.getpid() and self._is_workers_owned:
             workers.stop.set()  # stop claiming now; running jobs finish meanwhile
             workers.wake.set()
         pool = self.callbacks.pool
@@ -157,6 +164,12 @@ class _AppState:
         left += self._close_workers(max(0.0, deadline - time.monotonic()))
         self.store.close()
         return left
+
+
+def _close_at_exit(state: weakref.ref[_AppState]) -> None:
+    alive = state()
+    if alive is not None:
+        alive.close()
 
 
 class Afterward:
