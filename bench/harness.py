@@ -124,30 +124,30 @@ def stop_group(process: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class Usage:
-    """What a server's processes have used so far: CPU seconds and context switches."""
+    """What a server's threads have used so far: CPU seconds and context switches."""
 
-    cpu: float  #: user + system seconds
-    switches: int  #: voluntary + involuntary context switches, all threads
+    cpu: float  #: seconds on a CPU (the scheduler's exact count, not sampled ticks)
+    switches: int  #: voluntary + involuntary context switches
 
     def __sub__(self, other: Usage) -> Usage:
         return Usage(self.cpu - other.cpu, self.switches - other.switches)
 
 
 def usage(server: Server) -> Usage:
-    """The :class:`Usage` of the live processes in the server's process group."""
+    """The :class:`Usage` of the live threads of every process in the server's group."""
     assert server.process is not None
-    ticks = switches = 0
+    nanoseconds = switches = 0
     for stat in pathlib.Path("/proc").glob("[0-9]*/stat"):
         with contextlib.suppress(OSError, ValueError):
             fields = stat.read_text().rpartition(")")[2].split()
             if int(fields[2]) != server.process.pid:  # pgrp: the group the server leads
                 continue
-            ticks += int(fields[11]) + int(fields[12])  # utime, stime, all threads
-            for status in stat.parent.glob("task/*/status"):
-                for line in status.read_text().splitlines():
+            for task in stat.parent.glob("task/*"):
+                nanoseconds += int((task / "schedstat").read_text().split()[0])
+                for line in (task / "status").read_text().splitlines():
                     if "ctxt_switches:" in line:  # voluntary_… and nonvoluntary_…
                         switches += int(line.split()[1])
-    return Usage(ticks / os.sysconf("SC_CLK_TCK"), switches)
+    return Usage(nanoseconds / 1e9, switches)
 
 
 def wait_until_ready(port: int, path: str, timeout: float, server: Server | None = None) -> None:

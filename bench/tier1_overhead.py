@@ -15,6 +15,7 @@ import json
 import os
 import pathlib
 import re
+import statistics
 import subprocess
 import sys
 import time
@@ -22,7 +23,7 @@ import time
 import harness
 from harness import Benchmark
 
-ROUNDS = 12
+ROUNDS = 15
 SECONDS = 2
 CONNECTIONS = 4
 #: (app variant, label, target ratio vs plain or None)
@@ -193,8 +194,15 @@ def _paired(values: list[float], base: list[float], *, invert: bool = False) -> 
     return [b / v if invert else v / b for v, b in pairs]
 
 
+def _quartiles(values: list[float]) -> tuple[float, float]:
+    low, _, high = statistics.quantiles(values, n=4)
+    return low, high
+
+
 def _spread(values: list[float], digits: int = 2) -> str:
-    return f"{min(values):,.{digits}f}–{max(values):,.{digits}f}"
+    """The interquartile range: where the middle half of the rounds fell."""
+    low, high = _quartiles(values)
+    return f"{low:,.{digits}f}–{high:,.{digits}f}"
 
 
 def run() -> str:
@@ -207,6 +215,8 @@ def run() -> str:
         capacity = _paired(cpu[name], cpu["plain"], invert=True)
         ratio = harness.median(capacity)
         verdict = "—" if target is None else f"≥ {target} " + "✓✗"[ratio < target]
+        if target is not None and _quartiles(capacity)[0] < target < _quartiles(capacity)[1]:
+            verdict += " (target inside the IQR)"
         if target is not None and ratio < target:
             missed.append(f"{label} ({ratio:.3f} < {target})")
         rows.append(
@@ -222,7 +232,7 @@ def run() -> str:
         )
     header = [
         "variant",
-        "req/s: median (range)",
+        "req/s: median (IQR)",
         "req/s ratio vs plain",
         "server CPU µs/req",
         "context switches/req",
@@ -246,14 +256,15 @@ one core runs the single-threaded worker, the other wrk, and there is no server 
 pool to schedule (gthread with 4 threads varied 3–5× more between rounds in our trials).
 The afterward variants use the default configuration (4 callback threads, 2 job worker
 threads). *Ratio vs plain* is the median of the per-round ratios (each variant against
-plain in the same round, seconds apart); the ranges show how much the rounds varied.
-*Server CPU µs/req* is the user + system time of the server's processes (callback
-threads included) per request, and *throughput ratio (CPU)* is plain's CPU time per
-request over the variant's, paired per round: the requests/s a core can serve, relative
-to plain. The targets are judged on it, because on this shared 2-core machine other
-processes' load swings wall-clock req/s from round to round (see the ranges), while CPU
-time per request stays put; on an idle machine the single sync worker is CPU-bound and
-the two ratios agree.
+plain in the same round, seconds apart); in brackets, the interquartile range (IQR) of
+the rounds.
+*Server CPU µs/req* is the time the server's threads (callback threads included) spent
+on a CPU per request, from the scheduler's exact count (`/proc/<pid>/task/*/schedstat`),
+and *throughput ratio (CPU)* is plain's CPU time per request over the variant's, paired
+per round: the requests/s a core can serve, relative to plain. The targets are judged on
+it, because on this shared 2-core machine other processes' load swings wall-clock req/s
+from round to round (see the IQRs), while CPU time per request varies far less; on an
+idle machine the single sync worker is CPU-bound and the two ratios agree.
 
 {harness.table(header, rows)}
 
