@@ -867,3 +867,50 @@ def test_openapi_operations_never_answer_5xx(
     # And the real jobs were reached, in several states
     statuses = {status for _, _, status in seen}
     assert {200, 404, 409} <= statuses, seen
+
+
+# What an accepted view defers runs after its replay
+
+
+def test_an_accepted_views_callbacks_and_deferred_jobs_run_after_its_replay(
+    tmp_path: pathlib.Path,
+) -> None:
+    # Given an accepted view that defers a callback and a durable job of its own
+    from flask_afterward import after_this_response
+    from flask_afterward import Afterward
+
+    app = Flask("replay_defers", instance_path=str(tmp_path / "instance"))
+    app.config.update(SECRET_KEY="s", AFTERWARD_STORE=MEMORY, AFTERWARD_WORKERS=0)
+    own = Afterward(app)
+    called = threading.Event()
+    seen: list[str] = []
+
+    @own.task
+    def follow_up(word: str) -> str:
+        return word.upper()
+
+    @app.post("/defers")
+    @own.accepted
+    def defers() -> dict[str, str]:
+        after_this_response(lambda: (seen.append(flask.request.path), called.set()))
+        job = follow_up.after_response("later")
+        return {"follow_up": job.id}
+
+    try:
+        # When the accepted job runs in a worker
+        accepted_id = app.test_client().post("/defers").get_json()["id"]
+        with app.app_context():
+            worker = worker_for(app, own)
+            assert worker.run_once()
+            result = own.job(accepted_id).result(timeout=5)
+            follow_up_id = json.loads(replay.decode_response(result).get_data())["follow_up"]
+            # Then the callback ran in the replayed request's context
+            assert called.wait(5)
+            assert seen == ["/defers"]
+            # And the deferred job was released, so the next run picks it up at once
+            own.wait_for_callbacks(5)
+            assert own.job(follow_up_id).state == State.QUEUED
+            assert worker.run_once()
+            assert own.job(follow_up_id).result(timeout=5) == "LATER"
+    finally:
+        own.close(app, timeout=5)

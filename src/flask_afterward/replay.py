@@ -26,6 +26,10 @@ from werkzeug.datastructures import MultiDict
 from werkzeug.test import encode_multipart
 from werkzeug.test import EnvironBuilder
 
+from .callbacks import CallbackRunner
+from .callbacks import ENVIRON_KEY
+from .callbacks import RequestCallbacks
+from .config import EXTENSION_KEY
 from .errors import JobCancelled
 from .errors import JobTimeout
 from .jobs import current_job
@@ -151,13 +155,29 @@ def replay(captured: CapturedRequest, secrets: dict[str, str], job_id: str) -> d
     app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
     environ = rebuild_environ(captured, secrets)
     environ[REPLAY_KEY] = job_id
-    with app.request_context(environ):
-        response = app.full_dispatch_request()
-        try:
-            _drop_session_cookie(app, response)
-            return encode_response(response)
-        finally:
-            response.close()
+    try:
+        with app.request_context(environ):
+            response = app.full_dispatch_request()
+            deferred: RequestCallbacks | None = environ.get(ENVIRON_KEY)
+            if deferred is not None:
+                deferred.status_code = response.status_code
+            try:
+                _drop_session_cookie(app, response)
+                return encode_response(response)
+            finally:
+                response.close()
+    finally:
+        # No server closes this response, so deliver what the view deferred here:
+        # its after_this_response callbacks, and the release (or, if the view raised,
+        # the cancel) of its .after_response() jobs.
+        _deliver_replayed(app, environ)
+
+
+def _deliver_replayed(app: Flask, environ: dict[str, t.Any]) -> None:
+    callbacks: RequestCallbacks | None = environ.get(ENVIRON_KEY)
+    if callbacks is not None:
+        runner: CallbackRunner = app.extensions[EXTENSION_KEY].callbacks
+        runner.deliver(callbacks, environ)
 
 
 def _drop_session_cookie(app: Flask, response: Response) -> None:
