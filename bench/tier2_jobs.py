@@ -433,6 +433,16 @@ per job, like flask-afterward's enqueue, claim and complete): {cell(cycles)} cyc
 Targets for flask-afterward:
 {verdicts(rounds)}
 
+**Why.** A flask-afterward job costs three commits (enqueue, claim, complete); each
+writes every B-tree page it changed to the WAL (on enqueue the row, the id index and
+both runnable indexes), where raw SQLite's queue writes one. At FULL every commit also
+waits for an fsync, so the disk sets the pace: Huey commits twice per job on two
+B-trees, and deletes a job when it takes it (at-most-once). With producer and worker
+together, both want SQLite's one write lock; a writer that finds it taken sleeps in
+SQLite's busy handler, which is the *blocked* share growing in the second table.
+`bench/tier2_store_variants.py` measures what claiming and completing jobs in batches
+would save.
+
 {detail_table(rounds)}
 
 *CPU/job*: the producer's or worker's process CPU time (every thread) over the N jobs,
