@@ -18,6 +18,7 @@ import collections.abc as cabc
 import dataclasses
 import importlib.resources
 import json
+import operator
 import os
 import sqlite3
 import threading
@@ -53,11 +54,19 @@ def _load_queries() -> dict[str, str]:
             queries[name] = ""
         elif name is not None:
             queries[name] += line + "\n"
-    return {name: sql.replace("{columns}", _COLUMNS).strip() for name, sql in queries.items()}
+    placeholders = ", ".join("?" * len(_FIELDS))
+    return {
+        name: sql.replace("{columns}", _COLUMNS).replace("{placeholders}", placeholders).strip()
+        for name, sql in queries.items()
+    }
 
 
 _SQL: t.Final = _load_queries()
 _MIGRATIONS: t.Final = [_SQL[f"migration_{number}"] for number in range(1, SCHEMA_VERSION + 1)]
+
+
+#: A record's field values as a tuple, in ``_FIELDS`` order (one C call).
+_field_values: t.Final = operator.attrgetter(*_FIELDS)
 
 
 def _record(row: tuple[t.Any, ...]) -> JobRecord:
@@ -97,6 +106,7 @@ class SqliteStore:
         self._all_connections: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
         self._pid = os.getpid()
+        self._fork_generation = _fork_generation
         try:
             self._migrate()
         except BaseException:
@@ -138,7 +148,7 @@ class SqliteStore:
     @property
     def _db(self) -> sqlite3.Connection:
         """This thread's connection, opened on first use (and again after a fork)."""
-        if self._pid != os.getpid():
+        if self._fork_generation != _fork_generation:
             # Connections inherited through fork() belong to the parent: never use or
             # close them here (closing could remove the parent's WAL); drop our
             # references without closing by keeping them alive in this process.
@@ -147,6 +157,7 @@ class SqliteStore:
             self._local = threading.local()
             self._lock = threading.Lock()  # another thread may have held it at fork()
             self._pid = os.getpid()
+            self._fork_generation = _fork_generation
         connection: sqlite3.Connection | None = getattr(self._local, "connection", None)
         if connection is None:
             connection = self._local.connection = self._connect()
@@ -192,6 +203,9 @@ class SqliteStore:
         # INSERT itself.
         if record.state in TERMINAL and record.secrets is not None:
             record = record.replace(secrets=None)
+        if record.unique_key is None:
+            self._db.execute(_SQL["insert_plain"], (*_field_values(record), record.expires_at))
+            return record
         values = {name: getattr(record, name) for name in _FIELDS}
         values["expires_at"] = record.expires_at
         for _ in range(3):
@@ -318,3 +332,16 @@ class SqliteStore:
 
 # Connections a forked child inherited: kept referenced so they are never closed there.
 _INHERITED: list[sqlite3.Connection] = []
+
+
+# Bumped in every forked child, so a store sees a fork with one global read per
+# statement instead of an os.getpid() system call.
+_fork_generation = 0
+
+
+def _count_fork() -> None:
+    global _fork_generation
+    _fork_generation += 1
+
+
+os.register_at_fork(after_in_child=_count_fork)
