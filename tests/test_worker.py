@@ -634,8 +634,8 @@ class _SlowPollWorker(Worker):
     def __init__(self, *args: t.Any, **kwargs: t.Any) -> None:
         super().__init__(*args, **{**kwargs, "min_idle": 30.0, "max_idle": 30.0})
 
-    def run_once(self) -> bool:
-        found = super().run_once()
+    def _claim_and_run(self) -> bool:  # what each turn of Worker.run calls
+        found = super()._claim_and_run()
         if not found:
             self.polls.release()
         return found

@@ -111,14 +111,42 @@ class Worker:
         self.current: _Attempt | None = None
         #: set by the supervisor when a job timed out: the loop ends after it
         self.is_abandoned = False
+        #: a succeeded job and its result, recorded with the next claim
+        self._success: tuple[Job[t.Any], str] | None = None
 
     def run_once(self) -> bool:
-        """Claim and run one job. Return False when nothing was runnable."""
-        record = self.store.claim(self.id, self.queues, self.lease)
+        """Claim and run one job, and record its outcome. False if none was runnable."""
+        try:
+            return self._claim_and_run()
+        finally:
+            self.flush()
+
+    def _claim_and_run(self) -> bool:
+        """Claim and run one job; a success is recorded with the next claim.
+
+        Inside :meth:`run` the next claim follows at once, so holding the success back
+        costs no visible delay, and the two share one commit
+        (``QueueStore.complete_and_claim``).
+        """
+        done = self._success
+        if done is None:
+            record = self.store.claim(self.id, self.queues, self.lease)
+        else:
+            is_ours, record = self.store.complete_and_claim(
+                done[0].id, self.id, done[1], self.queues, self.lease
+            )
+            self._success = None  # only now: a store error keeps it for flush()
+            self._finish(done[0], is_ours, "succeeded")
         if record is None:
             return False
-        self.execute(record)
+        self._execute(record, defer_success=True)
         return True
+
+    def flush(self) -> None:
+        """Record a success held back for the next claim, if any."""
+        done, self._success = self._success, None
+        if done is not None:
+            self._finish(done[0], self.store.complete(done[0].id, self.id, done[1]), "succeeded")
 
     def run(
         self,
@@ -132,10 +160,16 @@ class Worker:
         Idle, it polls with a back-off from ``min_idle`` to ``max_idle`` seconds;
         ``wake`` (set when this process enqueues) cuts the wait short.
         """
+        try:
+            self._loop(stop, burst=burst, wake=wake)
+        finally:
+            self.flush()
+
+    def _loop(self, stop: threading.Event, *, burst: bool, wake: threading.Event | None) -> None:
         delay = self.min_idle
         while not stop.is_set() and not self.is_abandoned:
             try:
-                found = self.run_once()
+                found = self._claim_and_run()
             except Exception:
                 # The store failed (a locked or vanished database): keep the thread,
                 # or the group would lose capacity for good; back off like when idle.
@@ -156,6 +190,9 @@ class Worker:
 
     def execute(self, record: JobRecord) -> None:
         """Run one claimed job and record its outcome. Exceptions never escape."""
+        self._execute(record, defer_success=False)
+
+    def _execute(self, record: JobRecord, *, defer_success: bool) -> None:
         task = self.tasks.get(record.task)
         if task is None:
             self._give_up(record, f"no task named {record.task!r} is registered")
@@ -186,7 +223,10 @@ class Worker:
         except Exception as error:
             self.fail(record, job, format_error(error))
         else:
-            self._finish(job, self.store.complete(record.id, self.id, result), "succeeded")
+            if defer_success:
+                self._success = (job, result)
+            else:
+                self._finish(job, self.store.complete(record.id, self.id, result), "succeeded")
         finally:
             reset_current(token)
             self.current = None

@@ -963,6 +963,45 @@ def test_complete_stores_the_result_and_ends_the_lease(queue_store: QueueStore) 
     assert queue_store.claim("w1", None, LEASE) is None
 
 
+def test_complete_and_claim_records_the_success_and_takes_the_next_job(
+    queue_store: QueueStore,
+) -> None:
+    first = running(queue_store)
+    second = queue_store.enqueue(make())
+
+    is_completed, claimed = queue_store.complete_and_claim(first.id, "w1", "7", None, LEASE)
+
+    assert is_completed is True
+    done = queue_store.get(first.id)
+    assert done is not None and done.state == State.SUCCEEDED and done.result == "7"
+    assert claimed is not None and claimed.id == second.id
+    assert claimed.state == State.RUNNING and claimed.worker == "w1"
+
+
+def test_complete_and_claim_completes_even_when_nothing_is_left_to_claim(
+    queue_store: QueueStore,
+) -> None:
+    only = running(queue_store)
+
+    assert queue_store.complete_and_claim(only.id, "w1", None, None, LEASE) == (True, None)
+    done = queue_store.get(only.id)
+    assert done is not None and done.state == State.SUCCEEDED
+
+
+def test_complete_and_claim_by_another_worker_changes_only_the_claim(
+    queue_store: QueueStore,
+) -> None:
+    held = running(queue_store, worker="w1")
+    waiting = queue_store.enqueue(make())
+
+    is_completed, claimed = queue_store.complete_and_claim(held.id, "w2", "1", None, LEASE)
+
+    assert is_completed is False
+    still = queue_store.get(held.id)
+    assert still is not None and still.state == State.RUNNING and still.worker == "w1"
+    assert claimed is not None and claimed.id == waiting.id and claimed.worker == "w2"
+
+
 def test_complete_accepts_no_result(queue_store: QueueStore) -> None:
     claimed = running(queue_store)
 

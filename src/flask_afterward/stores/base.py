@@ -149,6 +149,19 @@ class QueueStore(Store, t.Protocol):
         """running → succeeded, with the JSON ``result`` and progress 1.0."""
         ...
 
+    def complete_and_claim(
+        self,
+        job_id: str,
+        worker: str,
+        result: str | None,
+        queues: cabc.Sequence[str] | None,
+        lease: float,
+    ) -> tuple[bool, JobRecord | None]:
+        """:meth:`complete`, then :meth:`claim`, in one transaction where the store has
+        them: a busy worker commits once per job instead of twice. Returns what each
+        of the two would have returned."""
+        ...
+
     def fail(self, job_id: str, worker: str, error: str, retry_at: float | None) -> bool:
         """running → queued at ``retry_at`` (a retry), or → failed when it is None."""
         ...
