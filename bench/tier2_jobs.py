@@ -428,14 +428,16 @@ flask-afterward at NORMAL. Every measurement gets a fresh store (a new SQLite fi
 {main_table(rounds)}
 
 Raw SQLite, insert + claim + delete of one job at a time in one process (three commits
-per job, like flask-afterward's enqueue, claim and complete): {cell(cycles)} cycles/s.
+per job; flask-afterward makes two for a busy worker: the enqueue, and the claim that
+also records the previous job's success): {cell(cycles)} cycles/s.
 
 Targets for flask-afterward:
 {verdicts(rounds)}
 
-**Why.** A flask-afterward job costs three commits (enqueue, claim, complete); each
-writes every B-tree page it changed to the WAL (on enqueue the row, the id index and
-both runnable indexes), where raw SQLite's queue writes one. At FULL every commit also
+**Why.** A flask-afterward job costs two commits for a busy worker (the enqueue, and
+one claim that also records the previous job's success); each writes every B-tree page
+it changed to the WAL (on enqueue the row, the id index and both runnable indexes),
+where raw SQLite's queue writes one. At FULL every commit also
 waits for an fsync, so the disk sets the pace: Huey commits twice per job on two
 B-trees, and deletes a job when it takes it (at-most-once). With producer and worker
 together, both want SQLite's one write lock; a writer that finds it taken sleeps in
