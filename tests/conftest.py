@@ -8,6 +8,8 @@ import pytest
 from flask import Flask
 
 from flask_afterward import Afterward
+from tests.apps.jobs_processes import Processes
+from tests.apps.jobs_processes import store_url
 
 
 @pytest.fixture(autouse=True)
@@ -30,3 +32,13 @@ def afterward(app: Flask) -> cabc.Iterator[Afterward]:
     afterward = Afterward(app)
     yield afterward
     afterward.close(app, timeout=5)
+
+
+@pytest.fixture
+def processes(tmp_path: pathlib.Path) -> cabc.Iterator[Processes]:
+    """Processes of ``tests.apps.jobs`` sharing one SQLite store, stopped after the test."""
+    procs = Processes(tmp_path, AFTERWARD_STORE=store_url(tmp_path))
+    try:
+        yield procs
+    finally:
+        procs.close()

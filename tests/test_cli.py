@@ -26,12 +26,13 @@ from flask_afterward.config import EXTENSION_KEY
 from flask_afterward.jobs import JobRecord
 from flask_afterward.jobs import new_job_id
 from flask_afterward.jobs import State
-from flask_afterward.stores.base import QueueStore
 from flask_afterward.supervisor import MIN_UPTIME
 from tests.apps import jobs
 from tests.apps.jobs_processes import children_of
 from tests.apps.jobs_processes import Processes
+from tests.apps.jobs_processes import store_url
 from tests.apps.jobs_processes import wait_until
+from tests.tier2 import store_of
 
 Cli = cabc.Callable[..., Result]
 
@@ -42,7 +43,7 @@ def make_app(
 ) -> cabc.Iterator[cabc.Callable[..., Flask]]:
     """``make_app(AFTERWARD_WORKERS=2)``: the jobs app with extra settings; closed after."""
     monkeypatch.setenv("JOBS_OUT", str(tmp_path))
-    monkeypatch.setenv("JOBS_AFTERWARD_STORE", json.dumps(_store_url(tmp_path)))
+    monkeypatch.setenv("JOBS_AFTERWARD_STORE", json.dumps(store_url(tmp_path)))
     made: list[Flask] = []
 
     def make(**config: object) -> Flask:
@@ -72,25 +73,6 @@ def cli(app: Flask) -> Cli:
     return invoke
 
 
-@pytest.fixture
-def processes(tmp_path: pathlib.Path) -> cabc.Iterator[Processes]:
-    procs = Processes(tmp_path, AFTERWARD_STORE=_store_url(tmp_path))
-    try:
-        yield procs
-    finally:
-        procs.close()
-
-
-def _store_url(tmp_path: pathlib.Path) -> str:
-    return f"sqlite:///{tmp_path / 'jobs.sqlite3'}"
-
-
-def _store(app: Flask) -> QueueStore:
-    store = app.extensions[EXTENSION_KEY].store
-    assert isinstance(store, QueueStore)
-    return store
-
-
 def _add(app: Flask, state: State = State.QUEUED, **fields: t.Any) -> JobRecord:
     """Store a job in ``state``; a finished one finished a second ago."""
     now = time.time()
@@ -105,11 +87,11 @@ def _add(app: Flask, state: State = State.QUEUED, **fields: t.Any) -> JobRecord:
     if state in (State.SUCCEEDED, State.FAILED, State.CANCELLED):
         values.update(finished_at=now - 1, attempts=1)
     values.update(fields)
-    return _store(app).enqueue(JobRecord(**values))
+    return store_of(app).enqueue(JobRecord(**values))
 
 
 def _get(app: Flask, job_id: str) -> JobRecord:
-    record = _store(app).get(job_id)
+    record = store_of(app).get(job_id)
     assert record is not None
     return record
 
@@ -342,7 +324,7 @@ def test_cancel_cancels_a_queued_job(app: Flask, cli: Cli) -> None:
 
 def test_cancel_asks_a_running_job_to_stop(app: Flask, cli: Cli) -> None:
     record = _add(app)
-    assert _store(app).claim("a-worker", None, 60) is not None
+    assert store_of(app).claim("a-worker", None, 60) is not None
 
     result = cli("cancel", record.id)
 
@@ -375,9 +357,9 @@ def test_prune_deletes_finished_jobs_past_their_ttl_and_says_how_many(app: Flask
 
     assert result.exit_code == 0, result.output
     assert result.output == "Pruned 2 finished jobs.\n"
-    assert [_store(app).get(record.id) for record in expired] == [None, None]
-    assert _store(app).get(kept.id) is not None
-    assert _store(app).get(queued.id) is not None
+    assert [store_of(app).get(record.id) for record in expired] == [None, None]
+    assert store_of(app).get(kept.id) is not None
+    assert store_of(app).get(queued.id) is not None
 
 
 def test_stats_counts_jobs_per_queue_and_state_and_the_throughput(app: Flask, cli: Cli) -> None:
@@ -457,7 +439,7 @@ def test_worker_runs_jobs_made_by_jobs_in_its_own_threads(
     # Then its own thread ran the children too, and no AFTERWARD_WORKERS group started.
     assert result.exit_code == 0, result.output
     assert _get(app, parent).state == State.SUCCEEDED
-    children = _store(app).list(task=jobs.record.name)
+    children = store_of(app).list(task=jobs.record.name)
     assert [record.state for record in children] == [State.SUCCEEDED] * 2
     assert not _worker_threads() - before
 
@@ -579,5 +561,5 @@ def test_a_worker_prunes_expired_jobs_on_its_own(processes: Processes, app: Flas
 
     processes.worker("--threads", "1")
 
-    wait_until(lambda: _store(app).get(expired.id) is None, 15, "the expired job to go")
-    assert _store(app).get(kept.id) is not None
+    wait_until(lambda: store_of(app).get(expired.id) is None, 15, "the expired job to go")
+    assert store_of(app).get(kept.id) is not None

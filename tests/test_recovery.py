@@ -20,15 +20,15 @@ import time
 import pytest
 from flask import Flask
 
-from flask_afterward.config import EXTENSION_KEY
 from flask_afterward.jobs import JobRecord
 from flask_afterward.jobs import new_job_id
 from flask_afterward.jobs import State
 from flask_afterward.jobs import TERMINAL
-from flask_afterward.stores.base import QueueStore
 from tests.apps import jobs
 from tests.apps.jobs_processes import Processes
+from tests.apps.jobs_processes import store_url
 from tests.apps.jobs_processes import wait_until
+from tests.tier2 import store_of
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -37,33 +37,14 @@ pytestmark = pytest.mark.timeout(90)
 def app(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> cabc.Iterator[Flask]:
     """The jobs app in this process, on the file the worker processes use."""
     monkeypatch.setenv("JOBS_OUT", str(tmp_path))
-    monkeypatch.setenv("JOBS_AFTERWARD_STORE", json.dumps(_store_url(tmp_path)))
+    monkeypatch.setenv("JOBS_AFTERWARD_STORE", json.dumps(store_url(tmp_path)))
     app = jobs.create_app()
     yield app
     jobs.afterward.close(app, timeout=5)
 
 
-@pytest.fixture
-def processes(tmp_path: pathlib.Path) -> cabc.Iterator[Processes]:
-    procs = Processes(tmp_path, AFTERWARD_STORE=_store_url(tmp_path))
-    try:
-        yield procs
-    finally:
-        procs.close()
-
-
-def _store_url(tmp_path: pathlib.Path) -> str:
-    return f"sqlite:///{tmp_path / 'jobs.sqlite3'}"
-
-
-def _store(app: Flask) -> QueueStore:
-    store = app.extensions[EXTENSION_KEY].store
-    assert isinstance(store, QueueStore)
-    return store
-
-
 def _get(app: Flask, job_id: str) -> JobRecord:
-    record = _store(app).get(job_id)
+    record = store_of(app).get(job_id)
     assert record is not None
     return record
 
@@ -169,7 +150,7 @@ def test_four_worker_processes_run_5000_jobs_exactly_once(
     assert set(runs.values()) == {1}
     # in more than one process, each job on its first attempt: no lease expired.
     assert len(files) >= 2
-    store = _store(app)
+    store = store_of(app)
     assert store.stats(0).counts == {("default", State.SUCCEEDED): total}
     records = store.list(state=State.SUCCEEDED, limit=total)
     assert {record.attempts for record in records} == {1}
@@ -282,7 +263,7 @@ def test_a_job_that_cannot_run_fails_clearly_and_the_worker_goes_on(
         created_at=now - 60,
         run_at=now - 60,
     )
-    _store(app).enqueue(bad)
+    store_of(app).enqueue(bad)
     with app.app_context():
         good_id = jobs.record.delay("next").id
 

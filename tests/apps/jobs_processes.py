@@ -177,3 +177,8 @@ def _answers(process: Process) -> bool:
             return sock.recv(64).startswith(b"HTTP/1.1 200")
     except OSError:
         return False
+
+
+def store_url(tmp_path: pathlib.Path) -> str:
+    """The job store every process of a test shares: one SQLite file under ``tmp_path``."""
+    return f"sqlite:///{tmp_path / 'jobs.sqlite3'}"

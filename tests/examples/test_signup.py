@@ -6,33 +6,12 @@ client did not wait: that takes a real server (see ``make demo`` and tests/live)
 
 from __future__ import annotations
 
-import collections.abc as cabc
-import importlib
 import logging
-import pathlib
 import types
 
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
-
-EXAMPLES = pathlib.Path(__file__).resolve().parent.parent / "examples"
-
-
-@pytest.fixture
-def demo(monkeypatch: pytest.MonkeyPatch) -> types.ModuleType:
-    """``examples/demo.py`` imported the way ``make demo`` runs it: examples/ on the path."""
-    monkeypatch.syspath_prepend(str(EXAMPLES))
-    return importlib.import_module("demo")
-
-
-@pytest.fixture
-def demo_app(demo: types.ModuleType, tmp_path: pathlib.Path) -> cabc.Iterator[Flask]:
-    app: Flask = demo.create_app(
-        {"TESTING": True, "DEMO_MAIL_DELAY": 0.0}, instance_path=str(tmp_path / "instance")
-    )
-    yield app
-    demo.afterward.close(app, timeout=5)
 
 
 @pytest.fixture

@@ -7,13 +7,9 @@ the jobs with a burst worker (or ``AFTERWARD_EAGER``), with no delay per report.
 
 from __future__ import annotations
 
-import collections.abc as cabc
 import csv
-import importlib
 import io
-import pathlib
 import types
-import typing as t
 
 import pytest
 from flask import Flask
@@ -21,39 +17,6 @@ from flask import Flask
 from flask_afterward import State
 from flask_afterward.config import EXTENSION_KEY
 from tests.tier2 import run_burst
-
-EXAMPLES = pathlib.Path(__file__).resolve().parent.parent / "examples"
-
-
-@pytest.fixture
-def demo(monkeypatch: pytest.MonkeyPatch) -> types.ModuleType:
-    """``examples/demo.py`` imported the way ``make demo`` runs it: examples/ on the path."""
-    monkeypatch.syspath_prepend(str(EXAMPLES))
-    return importlib.import_module("demo")
-
-
-def make_app(
-    demo: types.ModuleType, tmp_path: pathlib.Path, **config: t.Any
-) -> cabc.Iterator[Flask]:
-    """The demo app with its stores under ``tmp_path``; closed and disposed afterwards."""
-    settings = {"TESTING": True, "DEMO_REPORT_SECONDS": 0.0, **config}
-    app: Flask = demo.create_app(settings, instance_path=str(tmp_path / "instance"))
-    yield app
-    demo.afterward.close(app, timeout=5)
-    with app.app_context():
-        demo.signup_jobs.db.engine.dispose()
-
-
-@pytest.fixture
-def app(demo: types.ModuleType, tmp_path: pathlib.Path) -> cabc.Iterator[Flask]:
-    """No worker threads in the app: the test runs the jobs itself, with a worker."""
-    yield from make_app(demo, tmp_path, AFTERWARD_WORKERS=0)
-
-
-@pytest.fixture
-def eager_app(demo: types.ModuleType, tmp_path: pathlib.Path) -> cabc.Iterator[Flask]:
-    """AFTERWARD_EAGER: the job runs where it is enqueued, inside the POST."""
-    yield from make_app(demo, tmp_path, AFTERWARD_EAGER=True)
 
 
 def report_rows(data: bytes) -> list[list[str]]:
