@@ -23,6 +23,7 @@ from .callbacks import AfterResponseMiddleware
 from .callbacks import CallbackRunner
 from .callbacks import capture_on_teardown
 from .callbacks import ResponseInfo
+from .cli import afterward_cli
 from .config import EXTENSION_KEY
 from .config import Settings
 from .errors import ConfigurationError
@@ -220,8 +221,6 @@ class Afterward:
         app.before_request(state.start_workers)
         app.wsgi_app = AfterResponseMiddleware(app.wsgi_app, state.callbacks)  # type: ignore[method-assign]
         app.register_blueprint(make_blueprint(), url_prefix=settings.url_prefix)
-        from .cli import afterward_cli
-
         app.cli.add_command(afterward_cli)
         _exit_cleanly_on_sigterm()
 
