@@ -238,7 +238,7 @@ class Worker:
     def _report(self, attempt: _Attempt, fraction: float, message: str | None) -> None:
         if attempt.is_timed_out:
             raise JobTimeout(f"Job {attempt.record.id} ran over its timeout.")
-        if self.store.set_progress(attempt.record.id, fraction, message):
+        if self.store.set_progress(attempt.record.id, self.id, fraction, message):
             raise JobCancelled(f"Job {attempt.record.id} was cancelled.")
 
     def fail(

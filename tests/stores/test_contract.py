@@ -338,11 +338,11 @@ def test_requested_cancel_reaches_the_worker_at_its_next_progress(
     queue_store: QueueStore,
 ) -> None:
     claimed = running(queue_store)
-    assert queue_store.set_progress(claimed.id, 0.1, None) is False
+    assert queue_store.set_progress(claimed.id, "w1", 0.1, None) is False
 
     queue_store.cancel(claimed.id)
 
-    assert queue_store.set_progress(claimed.id, 0.2, "still going") is True
+    assert queue_store.set_progress(claimed.id, "w1", 0.2, "still going") is True
     assert queue_store.mark_cancelled(claimed.id, "w1") is True
     record = queue_store.get(claimed.id)
     assert record is not None
@@ -438,7 +438,7 @@ def test_release_deferred_leaves_a_cancelled_deferred_job_cancelled(store: Store
 
 def test_retry_of_a_failed_job_queues_it_as_new(queue_store: QueueStore) -> None:
     claimed = running(queue_store, max_retries=0)
-    queue_store.set_progress(claimed.id, 0.5, "half")
+    queue_store.set_progress(claimed.id, "w1", 0.5, "half")
     assert queue_store.fail(claimed.id, "w1", "builtins.ValueError: no", None)
     before = time.time()
 
@@ -1086,11 +1086,11 @@ def test_mark_cancelled_ends_the_job_cancelled(queue_store: QueueStore) -> None:
 def test_set_progress_records_value_and_message(queue_store: QueueStore) -> None:
     claimed = running(queue_store)
 
-    assert queue_store.set_progress(claimed.id, 0.25, "a quarter") is False
+    assert queue_store.set_progress(claimed.id, "w1", 0.25, "a quarter") is False
     record = queue_store.get(claimed.id)
     assert record is not None and (record.progress, record.message) == (0.25, "a quarter")
 
-    assert queue_store.set_progress(claimed.id, 0.5, None) is False
+    assert queue_store.set_progress(claimed.id, "w1", 0.5, None) is False
     record = queue_store.get(claimed.id)
     assert record is not None and (record.progress, record.message) == (0.5, None)
 
@@ -1098,10 +1098,22 @@ def test_set_progress_records_value_and_message(queue_store: QueueStore) -> None
 def test_set_progress_leaves_a_job_that_is_not_running_alone(queue_store: QueueStore) -> None:
     queued = queue_store.enqueue(make())
 
-    assert queue_store.set_progress(queued.id, 0.5, "nope") is False
-    assert queue_store.set_progress(new_job_id(), 0.5, "nope") is False
+    assert queue_store.set_progress(queued.id, "w1", 0.5, "nope") is False
+    assert queue_store.set_progress(new_job_id(), "w1", 0.5, "nope") is False
 
     assert queue_store.get(queued.id) == queued
+
+
+def test_set_progress_by_a_worker_that_lost_the_job_changes_nothing(
+    queue_store: QueueStore,
+) -> None:
+    claimed = running(queue_store, worker="w1")
+    queue_store.cancel(claimed.id)
+
+    assert queue_store.set_progress(claimed.id, "w2", 0.9, "not mine") is False
+
+    record = queue_store.get(claimed.id)
+    assert record is not None and (record.progress, record.message) == (None, None)
 
 
 def test_set_progress_after_the_job_finished_changes_nothing(queue_store: QueueStore) -> None:
@@ -1110,7 +1122,7 @@ def test_set_progress_after_the_job_finished_changes_nothing(queue_store: QueueS
     queue_store.mark_cancelled(claimed.id, "w1")
     done = queue_store.get(claimed.id)
 
-    assert queue_store.set_progress(claimed.id, 0.9, "late") is False
+    assert queue_store.set_progress(claimed.id, "w1", 0.9, "late") is False
 
     assert queue_store.get(claimed.id) == done
 

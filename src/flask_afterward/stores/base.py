@@ -174,7 +174,7 @@ class QueueStore(Store, t.Protocol):
         """running → cancelled (the job honoured a cancel request)."""
         ...
 
-    def set_progress(self, job_id: str, value: float, message: str | None) -> bool:
-        """Record progress and message of a running job. Returns True if a cancel was
-        requested. A job that is not running is left alone and False returned."""
+    def set_progress(self, job_id: str, worker: str, value: float, message: str | None) -> bool:
+        """Record progress of a job running under ``worker``. Returns True if a cancel
+        was requested. A worker that lost the job changes nothing and gets False."""
         ...

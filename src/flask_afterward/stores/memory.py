@@ -277,10 +277,10 @@ class MemoryStore:
             lease_until=None,
         )
 
-    def set_progress(self, job_id: str, value: float, message: str | None) -> bool:
+    def set_progress(self, job_id: str, worker: str, value: float, message: str | None) -> bool:
         with self._lock:
             record = self._jobs.get(job_id)
-            if record is None or record.state != State.RUNNING:
+            if record is None or record.state != State.RUNNING or record.worker != worker:
                 return False
             self._jobs[job_id] = record.replace(progress=value, message=message)
             return record.is_cancel_requested

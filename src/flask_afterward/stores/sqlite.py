@@ -345,10 +345,9 @@ class SqliteStore:
     def mark_cancelled(self, job_id: str, worker: str) -> bool:
         return self._own("mark_cancelled", job_id, worker)
 
-    def set_progress(self, job_id: str, value: float, message: str | None) -> bool:
-        row = self._db.execute(
-            _SQL["set_progress"], {"id": job_id, "progress": value, "message": message}
-        ).fetchone()
+    def set_progress(self, job_id: str, worker: str, value: float, message: str | None) -> bool:
+        params = {"id": job_id, "worker": worker, "progress": value, "message": message}
+        row = self._db.execute(_SQL["set_progress"], params).fetchone()
         return bool(row and row[0])
 
 

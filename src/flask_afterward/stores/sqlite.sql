@@ -224,5 +224,5 @@ WHERE id = :id AND state = 'running' AND worker = :worker;
 
 -- set_progress --
 UPDATE afterward_jobs SET progress = :progress, message = :message
-WHERE id = :id AND state = 'running'
+WHERE id = :id AND state = 'running' AND worker = :worker
 RETURNING is_cancel_requested;
