@@ -141,11 +141,16 @@ class _AppState:
         if self._workers is not None:
             self._workers.wake.set()
 
-    def _close_workers(self, timeout: float | None = None) -> int:
-        workers, self._workers = self._workers, None
-        if workers is None or self._workers_pid != os.getpid() or not self._is_workers_owned:
-            return 0
-        return workers.close(self.settings.shutdown_timeout if timeout is None else timeout)
+    def _own_workers(self) -> WorkerGroup | None:
+        """The group this state started in this process; not the CLI's, nor a parent's."""
+        if self._workers_pid == os.getpid() and self._is_workers_owned:
+            return self._workers
+        return None
+
+    def _close_workers(self, timeout: float) -> int:
+        workers = self._own_workers()
+        self._workers = None
+        return 0 if workers is None else workers.close(timeout)
 
     def close(self, timeout: float | None = None) -> int:
         """Let pending work finish within ``timeout`` and stop every thread.
@@ -156,8 +161,8 @@ class _AppState:
         atexit.unregister(self._exit_hook)
         timeout = self.settings.shutdown_timeout if timeout is None else timeout
         deadline = time.monotonic() + timeout
-        workers = self._workers
-        if workers is not None and self._workers_pid == os.getpid() and self._is_workers_owned:
+        workers = self._own_workers()
+        if workers is not None:
             workers.stop.set()  # stop claiming now; running jobs finish meanwhile
             workers.wake.set()
         pool = self.callbacks.pool

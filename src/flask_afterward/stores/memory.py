@@ -204,10 +204,17 @@ class MemoryStore:
                         error=LOST_ERROR,
                     )
 
+    def _held(self, job_id: str, holder: str) -> JobRecord | None:
+        """The job if it is running under ``holder``'s lease. Call with the lock held."""
+        record = self._jobs.get(job_id)
+        if record is None or record.state != State.RUNNING or record.worker != holder:
+            return None
+        return record
+
     def _update_own(self, job_id: str, holder: str, **changes: object) -> bool:
         with self._lock:
-            record = self._jobs.get(job_id)
-            if record is None or record.state != State.RUNNING or record.worker != holder:
+            record = self._held(job_id, holder)
+            if record is None:
                 return False
             self._jobs[job_id] = record.replace(**changes)
             return True
@@ -254,8 +261,8 @@ class MemoryStore:
 
     def requeue(self, job_id: str, worker: str) -> bool:
         with self._lock:
-            record = self._jobs.get(job_id)
-            if record is None or record.state != State.RUNNING or record.worker != worker:
+            record = self._held(job_id, worker)
+            if record is None:
                 return False
             self._jobs[job_id] = record.replace(
                 state=State.QUEUED,
@@ -279,8 +286,8 @@ class MemoryStore:
 
     def set_progress(self, job_id: str, worker: str, value: float, message: str | None) -> bool:
         with self._lock:
-            record = self._jobs.get(job_id)
-            if record is None or record.state != State.RUNNING or record.worker != worker:
+            record = self._held(job_id, worker)
+            if record is None:
                 return False
             self._jobs[job_id] = record.replace(progress=value, message=message)
             return record.is_cancel_requested
