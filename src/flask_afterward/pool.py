@@ -12,21 +12,42 @@ and a process forked afterwards (gunicorn ``--preload``) starts its own.
 from __future__ import annotations
 
 import atexit
+import collections
 import collections.abc as cabc
 import logging
 import os
-import queue
 import threading
 import time
+import typing as t
 import weakref
 
 logger = logging.getLogger(__name__)
 
-_Item = tuple[cabc.Callable[[], None], int]
+#: a unit of work: the function, how many units it counts for, when it was queued
+_Item = tuple[cabc.Callable[[], None], int, float]
+
+#: Seconds a thread that ran out of work stays awake to collect more (see the class).
+COLLECT_DELAY: t.Final = 0.002
+#: Seconds after which queued work may go to any thread, not only the collector: the
+#: collector is stuck in a slow callback. Also how often one waiting thread checks
+#: while the pool is busy, so this bounds the wait even when no new work arrives.
+STALL_LIMIT: t.Final = 0.02
 
 
 class CallbackPool:
-    """Named daemon threads fed by a queue that holds at most ``max_pending`` units.
+    """Named daemon threads taking work from a list that holds at most ``max_pending`` units.
+
+    Waking a sleeping thread costs more than a short callback: a futex wake-up, a
+    context switch, and two hand-offs of the GIL with the thread serving requests. So
+    under load the pool does not wake a thread per callback. A thread that runs out
+    of work becomes the *collector*: it stays awake for ``COLLECT_DELAY``, then runs
+    what arrived meanwhile, and again, until a delay passes with nothing new. While
+    there is a collector, new work wakes nobody. When nothing is going on, the threads
+    wait without waking at all, and the first new unit wakes one at once.
+
+    A slow callback must not hold up the work queued behind it while other threads
+    wait: work that has been queued for ``STALL_LIMIT`` goes to any thread, and while
+    the pool is busy one waiting thread wakes every ``STALL_LIMIT`` to check for it.
 
     :param threads: how many threads run work.
     :param max_pending: how many units may be queued or running; ``submit`` refuses
@@ -57,10 +78,16 @@ class CallbackPool:
     def _reset(self) -> None:
         # Also called in a forked child: the parent's threads do not exist there, and
         # its lock may have been held by one of them at the moment of the fork.
-        self._lock = threading.Condition()
-        self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._has_work = threading.Condition(self._lock)
+        self._is_idle = threading.Condition(self._lock)
+        self._work: collections.deque[_Item] = collections.deque()
         self._threads: list[threading.Thread] = []
-        self._pending = 0
+        self._pending = 0  # units queued or running
+        self._running = 0  # threads running a unit
+        self._waiting = 0  # threads waiting on _has_work
+        self._has_collector = False
+        self._has_standby = False  # a waiting thread checks every STALL_LIMIT
         self._is_closed = False
         self._is_saturated = False
 
@@ -85,10 +112,24 @@ class CallbackPool:
                     )
                 return False
             self._pending += weight
+            now = time.monotonic()
+            self._work.append((fn, weight, now))
             if not self._threads:
                 self._start()
-        self._queue.put((fn, weight))
+            else:
+                self._wake_if_needed(now)
         return True
+
+    def _wake_if_needed(self, now: float) -> None:
+        """Wake a waiting thread if the queued work has nobody to take or watch it.
+
+        Nobody takes it without a collector; nobody notices a collector stuck in a slow
+        callback without a standby; and work queued too long needs taking now.
+        """
+        if self._waiting and (
+            not self._has_collector or not self._has_standby or now - self._work[0][2] > STALL_LIMIT
+        ):
+            self._has_work.notify()
 
     def _start(self) -> None:
         # Daemon threads would die mid-callback at exit; this gives them their time.
@@ -96,18 +137,19 @@ class CallbackPool:
         # still find it, and it waits on the lock we hold until they all run.
         if self.close_at_exit:
             atexit.register(self.close)
-        # Made here, on first use, not at import or init_app: under gevent with
-        # --preload the app loads before monkey-patching, and an unpatched queue would
-        # block the whole worker process in get().
-        self._queue = queue.SimpleQueue()
         for number in range(1, self.size + 1):
-            thread = threading.Thread(target=self._work, name=f"{self.name}-{number}", daemon=True)
+            thread = threading.Thread(target=self._run, name=f"{self.name}-{number}", daemon=True)
             thread.start()
             self._threads.append(thread)
 
-    def _work(self) -> None:
-        while (item := self._queue.get()) is not None:
-            fn, weight = item
+    def _run(self) -> None:
+        is_collector = False
+        while True:
+            with self._lock:
+                item, is_collector = self._next(is_collector)
+            if item is None:
+                return
+            fn, weight, _ = item
             try:
                 fn()
             except BaseException:
@@ -116,10 +158,58 @@ class CallbackPool:
                 logger.exception("Unexpected error in %s.", threading.current_thread().name)
             finally:
                 with self._lock:
+                    self._running -= 1
                     self._pending -= weight
                     if self._pending <= self.max_pending // 2:
                         self._is_saturated = False
-                    self._lock.notify_all()
+                    if not self._pending:
+                        self._is_idle.notify_all()
+
+    def _next(self, is_collector: bool) -> tuple[_Item | None, bool]:
+        """Wait for the next unit this thread may run (None: closed and drained).
+
+        Called with the lock held; returns whether this thread is now the collector.
+        """
+        has_collected = False
+        while True:
+            work = self._work
+            if work and (
+                is_collector
+                or not self._has_collector
+                or self._is_closed
+                or time.monotonic() - work[0][2] > STALL_LIMIT
+            ):
+                item = work.popleft()
+                self._running += 1
+                if work:
+                    self._wake_if_needed(time.monotonic())
+                return item, is_collector
+            if self._is_closed and not work:
+                if is_collector:
+                    self._has_collector = False
+                return None, False
+            if not self._has_collector:
+                self._has_collector = is_collector = True
+            if is_collector and not has_collected:
+                self._lock.release()
+                try:
+                    time.sleep(COLLECT_DELAY)  # without the lock: submit wakes nobody
+                finally:
+                    self._lock.acquire()
+                has_collected = True
+                continue
+            if is_collector:  # a whole delay passed, and nothing came
+                self._has_collector = is_collector = False
+            is_standby = not self._has_standby and bool(work or self._running)
+            self._has_standby |= is_standby
+            self._waiting += 1
+            try:
+                self._has_work.wait(STALL_LIMIT if is_standby else None)
+            finally:
+                self._waiting -= 1
+                if is_standby:
+                    self._has_standby = False
+            has_collected = False
 
     @property
     def pending(self) -> int:
@@ -129,7 +219,7 @@ class CallbackPool:
     def wait_idle(self, timeout: float | None = None) -> bool:
         """Block until nothing is queued or running; False if ``timeout`` ran out."""
         with self._lock:
-            return self._lock.wait_for(lambda: self._pending == 0, timeout)
+            return self._is_idle.wait_for(lambda: self._pending == 0, timeout)
 
     def close(self, timeout: float | None = None) -> int:
         """Stop taking work, let queued work finish within ``timeout``, stop the threads.
@@ -141,11 +231,10 @@ class CallbackPool:
         with self._lock:
             was_closed, self._is_closed = self._is_closed, True
             threads = list(self._threads)
+            self._has_work.notify_all()  # waiting threads drain what is left, then end
         if was_closed:
             return 0
         atexit.unregister(self.close)
-        for _ in threads:
-            self._queue.put(None)  # after the queued work: FIFO drains it first
         deadline = time.monotonic() + timeout
         for thread in threads:
             thread.join(max(0.0, deadline - time.monotonic()))
