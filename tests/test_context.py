@@ -334,3 +334,33 @@ def test_callback_reads_its_request_after_the_server_reused_the_environ(app: Fla
         "args": {"q": "1"},
         "remote_addr": "10.0.0.7",
     }
+
+
+def test_callback_runs_while_the_views_own_context_is_still_pushed(
+    app: Flask, afterward: Afterward
+) -> None:
+    # The callback enters a context made from the request's own: the two must not
+    # share per-push state. The test client keeps the view's context pushed after the
+    # response (``with client``), in this thread, while the callback pushes its copy.
+    seen: list[object] = []
+    torn_down_in: list[str] = []
+
+    @app.teardown_request
+    def record(error: BaseException | None) -> None:
+        torn_down_in.append(threading.current_thread().name)
+
+    @app.get("/users/<int:user_id>")
+    def user(user_id: int) -> str:
+        after_this_response(lambda: seen.append((request.view_args, request.endpoint)))
+        return "ok"
+
+    with app.test_client() as client:
+        client.get("/users/7", buffered=True)
+        assert afterward.wait_for_callbacks(timeout=5, app=app)
+        assert request.path == "/users/7"  # still the view's, still pushed
+    assert not has_request_context()  # and popped cleanly when the client closed
+
+    assert seen == [({"user_id": 7}, "user")]
+    # Teardown ran after the view, after the callback (as after a view), and once
+    # more when the client popped the view's preserved context.
+    assert [name.startswith(CALLBACK_THREAD) for name in torn_down_in] == [False, True, False]

@@ -25,8 +25,8 @@ import time
 import typing as t
 
 from flask import current_app
-from flask import has_request_context
-from flask import request
+from flask.globals import app_ctx
+from flask.globals import request_ctx
 
 from .config import EXTENSION_KEY
 from .context import CapturedContext
@@ -40,6 +40,7 @@ if t.TYPE_CHECKING:
     from _typeshed.wsgi import WSGIApplication
     from _typeshed.wsgi import WSGIEnvironment
     from flask import Flask
+    from flask.ctx import RequestContext
 
 logger = logging.getLogger(__name__)
 
@@ -141,13 +142,15 @@ def after_this_response(fn: cabc.Callable[P, object], /, *args: P.args, **kwargs
 
 def current_request_callbacks() -> RequestCallbacks:
     """The current request's :class:`RequestCallbacks`, created on first use."""
-    if not has_request_context():
-        raise OutsideRequest()
-    if EXTENSION_KEY not in current_app.extensions:
-        raise NotInitialized()
-    environ = request.environ
+    try:
+        context: RequestContext = request_ctx._get_current_object()  # type: ignore[attr-defined]
+    except RuntimeError:
+        raise OutsideRequest() from None
+    environ = context.request.environ
     callbacks: RequestCallbacks | None = environ.get(ENVIRON_KEY)
     if callbacks is None:
+        if EXTENSION_KEY not in context.app.extensions:
+            raise NotInitialized()
         callbacks = environ[ENVIRON_KEY] = RequestCallbacks()
     return callbacks
 
@@ -158,13 +161,16 @@ def capture_on_teardown(error: BaseException | None) -> None:
     Also tells handled from unhandled errors: Flask passes an exception to teardown
     only when no error handler dealt with it.
     """
+    context: RequestContext = request_ctx._get_current_object()  # type: ignore[attr-defined]
+    request = context.request
     callbacks: RequestCallbacks | None = request.environ.get(ENVIRON_KEY)
     # context is set already when this runs again, as the teardown of a callback.
     if callbacks is None or callbacks.context is not None:
         return
-    callbacks.context = CapturedContext.capture()
+    callbacks.context = CapturedContext.of(app_ctx._get_current_object(), context)  # type: ignore[attr-defined]
     callbacks.error = error
-    callbacks.endpoint = request.endpoint
+    rule = request.url_rule
+    callbacks.endpoint = None if rule is None else rule.endpoint
 
 
 class CallbackRunner:
