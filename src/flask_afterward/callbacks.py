@@ -164,8 +164,8 @@ def capture_on_teardown(error: BaseException | None) -> None:
     context: RequestContext = request_ctx._get_current_object()  # type: ignore[attr-defined]
     request = context.request
     callbacks: RequestCallbacks | None = request.environ.get(ENVIRON_KEY)
-    # context is set already when this runs again, as the teardown of a callback.
-    if callbacks is None or callbacks.context is not None:
+    # Delivered already when this runs again, as the teardown of a callback.
+    if callbacks is None or callbacks.is_delivered:
         return
     callbacks.context = CapturedContext.of(app_ctx._get_current_object(), context)  # type: ignore[attr-defined]
     callbacks.error = error
@@ -210,8 +210,12 @@ class CallbackRunner:
                 remote_addr=environ.get("REMOTE_ADDR"),
             )
             calls = [*calls, *(Call(hook, (info,), {}) for hook in self.response_hooks)]
+        context = callbacks.context or CapturedContext(self.app, None, None, {})
+        # The context's request copy holds its environ, which holds these callbacks:
+        # without this, every request would leave a reference cycle for the garbage
+        # collector.
+        callbacks.context = None
         if calls:
-            context = callbacks.context or CapturedContext(self.app, None, None, {})
             self.dispatch(context, calls)
 
     def dispatch(self, context: CapturedContext, calls: list[Call]) -> None:
