@@ -72,6 +72,26 @@ def plain() -> Flask:
     return app
 
 
+def bare_wsgi() -> Flask:
+    """Diagnostic: the same response from a bare WSGI callable, with Flask bypassed.
+
+    Served through ``Flask.__call__`` only so that every variant is a Flask object; the
+    difference to :func:`plain` is what Flask itself costs per request in the server.
+    """
+    app = new_app()
+
+    def hello(environ: WSGIEnvironment, start_response: StartResponse) -> list[bytes]:
+        body = HELLO.encode()
+        start_response(
+            "200 OK",
+            [("Content-Type", "text/html; charset=utf-8"), ("Content-Length", str(len(body)))],
+        )
+        return [body]
+
+    app.wsgi_app = hello  # type: ignore[method-assign]
+    return app
+
+
 def unused() -> Flask:
     app = plain()
     Afterward(app)
@@ -211,6 +231,7 @@ def matrix() -> Flask:
 
 FACTORIES: dict[str, cabc.Callable[[], Flask]] = {
     "plain": plain,
+    "bare-wsgi": bare_wsgi,
     "unused": unused,
     "noop": one_noop,
     "noop-inline": one_noop_inline,

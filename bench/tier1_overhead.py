@@ -21,6 +21,7 @@ import sys
 import time
 
 import harness
+from flask import Flask
 from harness import Benchmark
 
 ROUNDS = 15
@@ -32,6 +33,7 @@ VARIANTS: list[tuple[str, str, float | None]] = [
     ("unused", "+ `Afterward(app)`, unused", 0.97),
     ("noop", "+ one `after_this_response(noop)` per request", 0.90),
     ("noop-inline", "diagnostic: same, callback run inline (pool closed)", None),
+    ("bare-wsgi", "diagnostic: a bare WSGI callable, no Flask", None),
 ]
 PROFILED = ("plain", "unused", "noop-inline")
 #: how many of the costliest calls made from or into flask-afterward code to list
@@ -153,6 +155,7 @@ def _profile() -> tuple[dict[str, float], list[list[str]]]:
             samples[name].append(_serve(app, environ, 2000) * 1e6)
     # min, not median: in-process, noise only ever adds time
     per_request = {name: min(values) for name, values in samples.items()}
+    per_request["contexts"] = _contexts_cost(built["plain"])
 
     count = 5000
     profile = cProfile.Profile()
@@ -170,6 +173,22 @@ def _profile() -> tuple[dict[str, float], list[list[str]]]:
             rows.append((share, [where, f"{call.callcount / count:g}", f"{share:.1%}"]))
     rows.sort(key=lambda row: -row[0])
     return per_request, [cells for _, cells in rows[:ROWS]]
+
+
+def _contexts_cost(app: Flask) -> float:
+    """µs to enter and leave a callback's app and request contexts (teardown included)."""
+    from flask_afterward.context import CapturedContext
+
+    with app.test_request_context("/"):
+        captured = CapturedContext.capture()
+    best = float("inf")
+    for _ in range(9):
+        started = time.perf_counter()
+        for _ in range(2000):
+            with captured.enter():
+                pass
+        best = min(best, (time.perf_counter() - started) / 2000 * 1e6)
+    return best
 
 
 def _is_ours(code: object) -> bool:
@@ -242,6 +261,7 @@ def run() -> str:
     us = {name: harness.median(values) for name, values in cpu.items()}
     sw = {name: harness.median(values) for name, values in switches.items()}
     in_process = {name: round(value) for name, value in per_request.items()}
+    in_process["contexts"] = per_request["contexts"]  # type: ignore[assignment]
     wrk_version = harness.program_version(["wrk", "--version"]).split(" [")[0]
     machine = harness.machine(f"gunicorn {harness.version('gunicorn')}", wrk_version)
     return f"""## Tier 1 overhead: requests/s with and without flask-afterward
@@ -270,20 +290,28 @@ idle machine the single sync worker is CPU-bound and the two ratios agree.
 
 Targets: {"all met." if not missed else "**missed**: " + "; ".join(missed) + "."}
 
-**Where the time goes.** Server CPU per request: plain {us["plain"]:.0f} µs, with
-`Afterward(app)` unused {us["unused"]:.0f} µs, with one no-op callback run inline by the
-worker {us["noop-inline"]:.0f} µs, and with the callback handed to the pool as shipped
-{us["noop"]:.0f} µs. So of the {us["noop"] - us["plain"]:.0f} µs a callback adds,
-about {us["noop-inline"] - us["unused"]:.0f} µs is the callback machinery itself (capture the
-context, rebuild it, run, tear it down) and about {us["noop"] - us["noop-inline"]:.0f} µs
-is handing it to a pool thread: `CallbackPool.submit` puts the batch on a `SimpleQueue`,
-which wakes a pool thread that must then take the GIL from the worker, and give it
-back. That shows as {sw["noop"]:.1f} context switches per request against
-{sw["noop-inline"]:.1f} when the same callback runs inline ({sw["plain"]:.1f} for plain Flask);
-cProfile cannot see this cost, as it is spent in the kernel and waiting for the GIL, not
-in Python code. In-process, without a server or threads (best of 9 runs of 2,000
-calls), the WSGI call costs {in_process["plain"]} µs plain, {in_process["unused"]} µs with
-`Afterward(app)` unused, {in_process["noop-inline"]} µs with one inline no-op callback.
+**Where the time goes.** Server CPU per request: a bare WSGI callable without Flask
+{us["bare-wsgi"]:.0f} µs (gunicorn and the kernel's share), plain Flask {us["plain"]:.0f} µs,
+with `Afterward(app)` unused {us["unused"]:.0f} µs, with one no-op callback run inline
+by the worker {us["noop-inline"]:.0f} µs, and handed to the pool as shipped
+{us["noop"]:.0f} µs. So Flask itself costs {us["plain"] - us["bare-wsgi"]:.0f} µs per
+request in the server, {(us["plain"] - us["bare-wsgi"]) / in_process["plain"]:.1f}× the
+{in_process["plain"]} µs the same WSGI call costs in-process (best of 9 runs of 2,000
+calls), where its code and data stay in the CPU's caches; flask-afterward's code pays
+the same. Of the {us["noop"] - us["plain"]:.0f} µs a callback adds in the server,
+about {us["noop-inline"] - us["unused"]:.0f} µs is the callback's own work (in-process,
+{in_process["noop-inline"] - in_process["unused"]} µs: register it, snapshot the context,
+then push an app and a request context, call it, run the teardown functions and pop
+them, as Flask does around a view; the push and pop alone are
+{in_process["contexts"]:.0f} µs), and about {us["noop"] - us["noop-inline"]:.0f} µs is
+handing it to a pool thread. The hand-off is cheap because a pool thread collects
+callbacks for 2 ms instead of being woken for each: {sw["noop"]:.1f} context switches
+per request against {sw["noop-inline"]:.1f} inline and {sw["plain"]:.1f} for plain Flask
+(the pool before, which woke a thread for each callback, cost 5.1 switches and about
+160 µs per request in this benchmark).
+In-process, the WSGI call costs {in_process["plain"]} µs plain, {in_process["unused"]} µs
+with `Afterward(app)` unused, {in_process["noop-inline"]} µs with one inline no-op
+callback.
 
 cProfile of the inline-callback variant in-process: the calls made from or into
 flask-afterward code, with the time spent under each (share of all profiled time; the
