@@ -210,13 +210,13 @@ class CallbackRunner:
                 remote_addr=environ.get("REMOTE_ADDR"),
             )
             calls = [*calls, *(Call(hook, (info,), {}) for hook in self.response_hooks)]
-        context = callbacks.context or CapturedContext(self.app, None, None, {})
+        context = callbacks.context
         # The context's request copy holds its environ, which holds these callbacks:
         # without this, every request would leave a reference cycle for the garbage
         # collector.
         callbacks.context = None
         if calls:
-            self.dispatch(context, calls)
+            self.dispatch(context or CapturedContext(self.app, None, None, {}), calls)
 
     def dispatch(self, context: CapturedContext, calls: list[Call]) -> None:
         """Run ``calls`` in order, inside ``context``, on the pool or else right here."""
@@ -263,15 +263,26 @@ class AfterResponseMiddleware:
     a view streaming with :func:`flask.stream_with_context` can still register some
     while the server iterates. Iteration is not wrapped, so that costs nothing per chunk.
     A server's ``wsgi.file_wrapper`` object is returned untouched (sendfile).
+
+    :param on_request: called first for every request (the lazy start of job workers);
+        here rather than in a ``before_request`` function, which costs Flask's hook
+        dispatch on every request.
     """
 
-    def __init__(self, wsgi_app: WSGIApplication, runner: CallbackRunner) -> None:
+    def __init__(
+        self,
+        wsgi_app: WSGIApplication,
+        runner: CallbackRunner,
+        on_request: cabc.Callable[[], None] = lambda: None,
+    ) -> None:
         self.wsgi_app = wsgi_app
         self.runner = runner
+        self.on_request = on_request
 
     def __call__(
         self, environ: WSGIEnvironment, start_response: StartResponse
     ) -> cabc.Iterable[bytes]:
+        self.on_request()
         runner = self.runner
         if runner.response_hooks:
             callbacks = environ[ENVIRON_KEY] = RequestCallbacks()

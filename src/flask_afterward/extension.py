@@ -223,8 +223,9 @@ class Afterward:
         state = _AppState(app, self, settings)
         app.extensions[EXTENSION_KEY] = state
         app.teardown_request(capture_on_teardown)
-        app.before_request(state.start_workers)
-        app.wsgi_app = AfterResponseMiddleware(app.wsgi_app, state.callbacks)  # type: ignore[method-assign]
+        app.wsgi_app = AfterResponseMiddleware(  # type: ignore[method-assign]
+            app.wsgi_app, state.callbacks, on_request=state.start_workers
+        )
         app.register_blueprint(make_blueprint(), url_prefix=settings.url_prefix)
         app.cli.add_command(afterward_cli)
         _exit_cleanly_on_sigterm()
