@@ -1002,6 +1002,78 @@ def test_complete_and_claim_by_another_worker_changes_only_the_claim(
     assert claimed is not None and claimed.id == waiting.id and claimed.worker == "w2"
 
 
+def test_complete_and_claim_many_records_every_success_then_claims_the_best_jobs(
+    queue_store: QueueStore,
+) -> None:
+    first = running(queue_store)
+    second = queue_store.enqueue(make())
+    claimed_second = queue_store.claim("w1", None, LEASE)
+    assert claimed_second is not None and claimed_second.id == second.id
+    low = queue_store.enqueue(make(priority=-1))
+    old = queue_store.enqueue(make(run_at=time.time() - 60))
+    new = queue_store.enqueue(make())
+    urgent = queue_store.enqueue(make(priority=5))
+
+    before = time.time()
+    completed, claimed = queue_store.complete_and_claim_many(
+        [(first.id, "1"), (second.id, None)], "w1", None, LEASE, 3
+    )
+
+    assert completed == [True, True]
+    for job_id in (first.id, second.id):
+        assert state_of(queue_store, job_id) == State.SUCCEEDED
+    # Best first, as three claims in a row would have returned them,
+    assert [record.id for record in claimed] == [urgent.id, old.id, new.id]
+    # each running under the one lease, and the fourth left queued.
+    for record in claimed:
+        assert record.state == State.RUNNING and record.worker == "w1"
+        assert record.attempts == 1
+        assert record.lease_until is not None and record.lease_until >= before + LEASE
+    assert state_of(queue_store, low.id) == State.QUEUED
+
+
+def test_complete_and_claim_many_with_limit_0_only_records(queue_store: QueueStore) -> None:
+    done = running(queue_store)
+    waiting = queue_store.enqueue(make())
+
+    assert queue_store.complete_and_claim_many([(done.id, "2")], "w1", None, LEASE, 0) == (
+        [True],
+        [],
+    )
+    assert state_of(queue_store, done.id) == State.SUCCEEDED
+    assert state_of(queue_store, waiting.id) == State.QUEUED
+
+
+def test_complete_and_claim_many_takes_what_there_is_and_only_from_its_queues(
+    queue_store: QueueStore,
+) -> None:
+    mails = [queue_store.enqueue(make(queue="mail")) for _ in range(2)]
+    queue_store.enqueue(make(queue="reports"))
+
+    completed, claimed = queue_store.complete_and_claim_many([], "w1", ["mail"], LEASE, 8)
+
+    assert completed == []
+    assert {record.id for record in claimed} == {record.id for record in mails}
+    assert queue_store.complete_and_claim_many([], "w2", ["mail"], LEASE, 8) == ([], [])
+
+
+def test_complete_and_claim_many_does_not_record_a_job_another_worker_holds(
+    queue_store: QueueStore,
+) -> None:
+    mine = running(queue_store, worker="w1")
+    theirs = queue_store.enqueue(make())
+    assert queue_store.claim("w2", None, LEASE) is not None
+
+    completed, claimed = queue_store.complete_and_claim_many(
+        [(theirs.id, "x"), (mine.id, "y")], "w1", None, LEASE, 8
+    )
+
+    assert completed == [False, True]
+    assert claimed == []
+    still = queue_store.get(theirs.id)
+    assert still is not None and still.state == State.RUNNING and still.worker == "w2"
+
+
 def test_complete_accepts_no_result(queue_store: QueueStore) -> None:
     claimed = running(queue_store)
 

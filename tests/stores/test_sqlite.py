@@ -178,6 +178,59 @@ def test_every_thread_gets_a_connection_with_the_recipe(store: SqliteStore) -> N
     assert store.get(str(seen[2])) is not None
 
 
+def test_checkpoints_are_rarer_at_normal_than_at_full(store: SqliteStore, path: str) -> None:
+    assert connection_pragma(store, "wal_autocheckpoint") == sqlite_module.NORMAL_CHECKPOINT_PAGES
+    full = SqliteStore(path, synchronous="FULL")
+    try:
+        assert connection_pragma(full, "wal_autocheckpoint") == 1000  # SQLite's default
+    finally:
+        full.close()
+
+
+def test_at_full_a_claim_commits_without_a_sync_and_the_connection_goes_back_to_full(
+    path: str,
+) -> None:
+    store = SqliteStore(path, synchronous="FULL")
+    try:
+        first = store.enqueue(make())
+        claimed = store.claim("w1", None, 30.0)
+        assert claimed is not None and claimed.id == first.id
+        assert connection_pragma(store, "synchronous") == 2  # FULL again
+        # An outcome is synced at once when no job follows it,
+        assert store.complete_and_claim_many([(first.id, None)], "w1", None, 30.0, 8) == (
+            [True],
+            [],
+        )
+        assert store._local.unsynced == 0
+    finally:
+        store.close()
+
+
+def test_at_full_a_busy_worker_syncs_its_outcomes_in_groups(path: str) -> None:
+    store = SqliteStore(path, synchronous="FULL")
+    try:
+        for _ in range(3 * sqlite_module.SYNC_EVERY):
+            store.enqueue(make())
+        held = store.claim("w1", None, 30.0)
+        assert held is not None
+        store._synced()  # as if the last synced commit were just now
+        unsynced = []
+        for _ in range(sqlite_module.SYNC_EVERY):
+            _, claimed = store.complete_and_claim_many([(held.id, None)], "w1", None, 30.0, 1)
+            held = claimed[0]
+            unsynced.append(store._local.unsynced)
+            assert connection_pragma(store, "synchronous") == 2
+        # Outcomes with a next job commit unsynced, up to SYNC_EVERY - 1 of them; the
+        # next one syncs them all (unless SYNC_AFTER ran out first on a slow machine).
+        assert unsynced[-1] == 0
+        assert max(unsynced) <= sqlite_module.SYNC_EVERY - 1
+        assert store.stats(since=0.0).counts[("default", State.SUCCEEDED)] == (
+            sqlite_module.SYNC_EVERY
+        )
+    finally:
+        store.close()
+
+
 def test_a_new_file_uses_the_store_page_size(store: SqliteStore, path: str) -> None:
     assert pragma(path, "page_size") == sqlite_module.PAGE_SIZE
 
@@ -290,20 +343,32 @@ def test_bad_urls_are_refused_with_what_to_do(
 # -- Several processes ---------------------------------------------------------------
 
 #: Run by each claiming process: open the store, wait for "go", claim and complete
-#: until nothing is left, then write the ids it claimed, one a line.
+#: until nothing is left (one by one, or in batches), then write the ids it claimed,
+#: one a line.
 CLAIMER = """
 import sys
 from flask_afterward.stores.sqlite import SqliteStore
 
-path, out, worker = sys.argv[1:]
-store = SqliteStore(path)
+path, out, worker, mode, synchronous = sys.argv[1:]
+store = SqliteStore(path, synchronous=synchronous)
 print("ready", flush=True)
 sys.stdin.readline()
 claimed = []
-while (record := store.claim(worker, None, 300.0)) is not None:
-    if not store.complete(record.id, worker, None):
-        raise SystemExit(f"{worker} lost job {record.id} it had just claimed")
-    claimed.append(record.id)
+if mode == "one":
+    while (record := store.claim(worker, None, 300.0)) is not None:
+        if not store.complete(record.id, worker, None):
+            raise SystemExit(f"{worker} lost job {record.id} it had just claimed")
+        claimed.append(record.id)
+else:  # batches of up to 8, each recorded with the next claim, as a busy Worker does
+    done = []
+    while True:
+        completed, records = store.complete_and_claim_many(done, worker, None, 300.0, 8)
+        if not all(completed):
+            raise SystemExit(f"{worker} lost a job of {done} it had claimed")
+        if not records:
+            break
+        claimed += [record.id for record in records]
+        done = [(record.id, None) for record in records]
 store.close()
 with open(out, "w") as file:
     file.write("\\n".join(claimed))
@@ -320,13 +385,18 @@ def spawn(script: str, *args: str) -> subprocess.Popen[str]:
     )
 
 
+@pytest.mark.parametrize(
+    ("mode", "synchronous"), [("one", "NORMAL"), ("batch", "NORMAL"), ("batch", "FULL")]
+)
 def test_processes_claiming_from_one_file_get_each_job_exactly_once(
-    store: SqliteStore, path: str, tmp_path: pathlib.Path
+    store: SqliteStore, path: str, tmp_path: pathlib.Path, mode: str, synchronous: str
 ) -> None:
     # Given 2,000 queued jobs and 4 worker processes, each ready on the same file,
     ids = {store.enqueue(make()).id for _ in range(2000)}
     outs = [tmp_path / f"claimed-{n}.txt" for n in range(4)]
-    processes = [spawn(CLAIMER, path, str(out), f"p{n}") for n, out in enumerate(outs)]
+    processes = [
+        spawn(CLAIMER, path, str(out), f"p{n}", mode, synchronous) for n, out in enumerate(outs)
+    ]
     try:
         for process in processes:
             assert process.stdout is not None

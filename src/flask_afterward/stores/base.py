@@ -35,6 +35,11 @@ LOST_ERROR = (
 )
 
 
+#: What :meth:`QueueStore.complete_and_claim_many` returns: whether each success was
+#: recorded, and the jobs claimed, best first.
+Batch: t.TypeAlias = tuple[list[bool], list[JobRecord]]
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class Stats:
     """Counts for ``flask afterward stats``."""
@@ -160,6 +165,23 @@ class QueueStore(Store, t.Protocol):
         """:meth:`complete`, then :meth:`claim`, in one transaction where the store has
         them: a busy worker commits once per job instead of twice. Returns what each
         of the two would have returned."""
+        ...
+
+    def complete_and_claim_many(
+        self,
+        done: cabc.Sequence[tuple[str, str | None]],
+        worker: str,
+        queues: cabc.Sequence[str] | None,
+        lease: float,
+        limit: int,
+    ) -> Batch:
+        """:meth:`complete` each ``(job_id, result)`` of ``done``, then :meth:`claim` up
+        to ``limit`` jobs (0: none), in one transaction where the store has them.
+
+        Returns what each :meth:`complete` returned, and the jobs claimed, best first
+        (the order successive claims would have returned them in). Each claimed job is
+        running under ``worker`` with the same lease, from now.
+        """
         ...
 
     def fail(self, job_id: str, worker: str, error: str, retry_at: float | None) -> bool:

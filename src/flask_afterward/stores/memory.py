@@ -6,6 +6,7 @@ nothing survives the process, and claims scan every job: it is not for productio
 
 from __future__ import annotations
 
+import builtins
 import collections
 import collections.abc as cabc
 import threading
@@ -15,6 +16,7 @@ from ..jobs import ACTIVE
 from ..jobs import JobRecord
 from ..jobs import State
 from ..jobs import TERMINAL
+from .base import Batch
 from .base import LOST_ERROR
 from .base import LOST_WORKER_ATTEMPTS
 from .base import Stats
@@ -63,7 +65,7 @@ class MemoryStore:
         task: str | None = None,
         limit: int = 50,
         offset: int = 0,
-    ) -> list[JobRecord]:
+    ) -> builtins.list[JobRecord]:
         now = time.time()
         with self._lock:
             # Newest first is reversed insertion order: dicts keep it, and replacing a
@@ -245,6 +247,20 @@ class MemoryStore:
     ) -> tuple[bool, JobRecord | None]:
         # Nothing to save by sharing a transaction here: two steps, same outcome.
         return self.complete(job_id, worker, result), self.claim(worker, queues, lease)
+
+    def complete_and_claim_many(
+        self,
+        done: cabc.Sequence[tuple[str, str | None]],
+        worker: str,
+        queues: cabc.Sequence[str] | None,
+        lease: float,
+        limit: int,
+    ) -> Batch:
+        completed = [self.complete(job_id, worker, result) for job_id, result in done]
+        claimed: builtins.list[JobRecord] = []
+        while len(claimed) < limit and (record := self.claim(worker, queues, lease)) is not None:
+            claimed.append(record)
+        return completed, claimed
 
     def fail(self, job_id: str, worker: str, error: str, retry_at: float | None) -> bool:
         if retry_at is None:

@@ -140,36 +140,36 @@ WHERE finished_at >= :since AND (expires_at IS NULL OR expires_at > :now)
 GROUP BY state;
 
 -- claim_any --
--- INDEXED BY: without statistics the planner prefers afterward_jobs_state and sorts
--- every queued job on each claim, which makes draining a backlog quadratic.
+-- Up to :limit jobs. INDEXED BY: without statistics the planner prefers another index
+-- and sorts every queued job on each claim, which makes draining a backlog quadratic.
 UPDATE afterward_jobs
 SET state = 'running', worker = :worker, lease_until = :now + :lease,
     attempts = attempts + 1, started_at = :now
-WHERE id = (
+WHERE id IN (
     SELECT id FROM afterward_jobs INDEXED BY afterward_jobs_runnable
     WHERE state = 'queued' AND run_at <= :now
     ORDER BY priority DESC, run_at
-    LIMIT 1
+    LIMIT :limit
 )
 RETURNING {columns};
 
 -- claim_from_queues --
--- The best job of each queue is one index lookup; the best of those wins. (A plain
--- "queue IN (...) ORDER BY ..." sorts every queued job of those queues per claim.)
+-- The best :limit jobs of each queue are one index range each; the best of those win.
+-- (A plain "queue IN (...) ORDER BY ..." sorts every queued job of those queues.)
 UPDATE afterward_jobs
 SET state = 'running', worker = :worker, lease_until = :now + :lease,
     attempts = attempts + 1, started_at = :now
-WHERE id = (
+WHERE id IN (
     SELECT best.id
     FROM json_each(:queues) AS wanted
-    JOIN afterward_jobs AS best ON best.id = (
+    JOIN afterward_jobs AS best ON best.id IN (
         SELECT id FROM afterward_jobs INDEXED BY afterward_jobs_runnable_by_queue
         WHERE state = 'queued' AND queue = wanted.value AND run_at <= :now
         ORDER BY priority DESC, run_at
-        LIMIT 1
+        LIMIT :limit
     )
     ORDER BY best.priority DESC, best.run_at
-    LIMIT 1
+    LIMIT :limit
 )
 RETURNING {columns};
 
