@@ -765,7 +765,7 @@ def test_a_job_whose_awaited_job_was_cancelled_fails_rather_than_ends_cancelled(
 
 
 class _FlakyStore:
-    """The app's store, except that the first ``claim`` fails like a locked database."""
+    """The app's store, except that the first claim fails like a locked database."""
 
     def __init__(self, store: t.Any) -> None:
         self._store = store
@@ -774,11 +774,11 @@ class _FlakyStore:
     def __getattr__(self, name: str) -> t.Any:
         return getattr(self._store, name)
 
-    def claim(self, *args: t.Any, **kwargs: t.Any) -> t.Any:
+    def complete_and_claim_many(self, *args: t.Any, **kwargs: t.Any) -> t.Any:
         if self.failures == 0:
             self.failures += 1
             raise OSError("database is locked")
-        return self._store.claim(*args, **kwargs)
+        return self._store.complete_and_claim_many(*args, **kwargs)
 
 
 def test_a_store_error_is_logged_and_the_worker_goes_on(

@@ -5,6 +5,14 @@ testable iteration, ``run_once``, and an idle back-off that resets after work. A
 :class:`WorkerGroup` runs several in named threads, plus one supervisor thread that
 extends the leases of running jobs and enforces timeouts.
 
+Batches: while its jobs are quick (under :data:`QUICK_JOB` seconds each), a worker claims
+up to :data:`BATCH` jobs in one transaction, runs them one by one, and records their
+successes together with its next claim. A write transaction costs far more than a
+no-op job, and another process writing in between (a web process enqueueing) empties
+SQLite's page cache: one claim per job made a busy worker and its producer take turns
+on the write lock, job by job. A slow job ends the batching: the jobs still waiting
+go back to the queue for other workers, and the next claim takes one job.
+
 Timeouts: Python cannot kill a thread. A job over its timeout is marked failed (or
 queued for a retry) at once, its thread is *abandoned* — it keeps running the function
 until it returns, its result is discarded, then it exits — and a new thread takes its
@@ -14,6 +22,7 @@ place, so the group keeps its capacity. The job's next ``progress()`` call raise
 
 from __future__ import annotations
 
+import collections
 import collections.abc as cabc
 import functools
 import logging
@@ -51,6 +60,15 @@ logger = logging.getLogger(__name__)
 
 #: Seconds between two prunes of finished jobs (``AFTERWARD_RESULT_TTL``) by a group.
 PRUNE_INTERVAL: t.Final = 60.0
+#: The most jobs a worker claims at once (see the module docstring).
+BATCH: t.Final = 8
+#: A worker claims a batch only while each of its jobs takes less than this (seconds),
+#: so its successes wait at most about ``BATCH * QUICK_JOB`` to be recorded.
+QUICK_JOB: t.Final = 0.005
+#: Seconds a worker waits before its next claim when its last batch came back short
+#: (it has caught up with whoever enqueues): enough for a few enqueues to commit, so
+#: the next claim takes several jobs instead of taking turns with them one by one.
+LINGER: t.Final = 0.002
 
 
 def backoff(attempt: int, *, base: float, cap: float = 3600.0, jitter: float = 0.25) -> float:
@@ -67,18 +85,19 @@ def backoff(attempt: int, *, base: float, cap: float = 3600.0, jitter: float = 0
 class _Attempt:
     """The job a worker is running now, as the supervisor sees it."""
 
-    __slots__ = ("record", "deadline", "next_extension", "is_timed_out")
+    __slots__ = ("record", "started", "deadline", "next_extension", "is_timed_out")
 
     def __init__(self, record: JobRecord, lease: float) -> None:
         now = time.monotonic()
         self.record = record
+        self.started = now
         self.deadline = None if record.timeout is None else now + record.timeout
         self.next_extension = now + lease / 3
         self.is_timed_out = False
 
 
 class Worker:
-    """Claims one job at a time from ``store`` and runs it.
+    """Claims jobs from ``store`` (a few at a time while they are quick) and runs them.
 
     :param tasks: the registered tasks by name.
     :param queues: queues to take jobs from; None takes from all.
@@ -111,42 +130,85 @@ class Worker:
         self.current: _Attempt | None = None
         #: set by the supervisor when a job timed out: the loop ends after it
         self.is_abandoned = False
-        #: a succeeded job and its result, recorded with the next claim
-        self._success: tuple[Job[t.Any], str] | None = None
+        #: jobs claimed in the last batch and not started yet; running under our lease
+        self.claimed: collections.deque[JobRecord] = collections.deque()
+        self._claimed_at = 0.0
+        #: succeeded jobs and their results, recorded with the next claim
+        self._successes: list[tuple[Job[t.Any], str]] = []
+        #: how long the last job ran; a batch is claimed only after a quick one
+        self._last_run = math.inf
+        #: the last claim asked for a batch and got fewer jobs: the queue is shallow
+        self._is_caught_up = False
 
     def run_once(self) -> bool:
         """Claim and run one job, and record its outcome. False if none was runnable."""
         try:
-            return self._claim_and_run()
+            return self._claim_and_run(limit=1)
         finally:
             self.flush()
 
-    def _claim_and_run(self) -> bool:
-        """Claim and run one job; a success is recorded with the next claim.
+    def _claim_and_run(self, *, limit: int = BATCH) -> bool:
+        """Run the next job; a success is recorded with the next claim.
 
         Inside :meth:`run` the next claim follows at once, so holding the success back
-        costs no visible delay, and the two share one commit
-        (``QueueStore.complete_and_claim``).
+        costs no visible delay, and they share one commit
+        (``QueueStore.complete_and_claim_many``).
         """
-        done = self._success
-        if done is None:
-            record = self.store.claim(self.id, self.queues, self.lease)
-        else:
-            is_ours, record = self.store.complete_and_claim(
-                done[0].id, self.id, done[1], self.queues, self.lease
-            )
-            self._success = None  # only now: a store error keeps it for flush()
-            self._finish(done[0], is_ours, "succeeded")
+        record = self._next(limit)
         if record is None:
             return False
+        started = time.monotonic()
         self._execute(record, defer_success=True)
+        self._last_run = time.monotonic() - started
         return True
 
+    def _next(self, limit: int) -> JobRecord | None:
+        """The next job: from the batch while jobs are quick, else a new claim."""
+        if self.claimed:
+            if self._last_run < QUICK_JOB and time.monotonic() - self._claimed_at < self.lease / 3:
+                try:
+                    return self.claimed.popleft()
+                except IndexError:  # the supervisor gave them back meanwhile
+                    pass
+            else:
+                self.give_back()
+        limit = limit if self._last_run < QUICK_JOB else 1
+        records = self._record_and_claim(limit)
+        self._is_caught_up = 1 < limit and len(records) < limit
+        if not records:
+            return None
+        self.claimed.extend(records[1:])
+        return records[0]
+
+    def _record_and_claim(self, limit: int) -> list[JobRecord]:
+        """Record the held successes and claim up to ``limit`` jobs, in one commit."""
+        done = self._successes
+        is_ours, records = self.store.complete_and_claim_many(
+            [(job.id, result) for job, result in done], self.id, self.queues, self.lease, limit
+        )
+        self._claimed_at = time.monotonic()
+        self._successes = []  # only now: a store error keeps them for flush()
+        for (job, _), is_recorded in zip(done, is_ours, strict=True):
+            self._finish(job, is_recorded, "succeeded")
+        return records
+
+    def give_back(self) -> int:
+        """Put the claimed jobs not started yet back in the queue, their attempt not
+        counted; how many. Safe from another thread (the supervisor)."""
+        given = 0
+        while True:
+            try:
+                record = self.claimed.popleft()
+            except IndexError:
+                return given
+            if self.store.requeue(record.id, self.id):
+                given += 1
+
     def flush(self) -> None:
-        """Record a success held back for the next claim, if any."""
-        done, self._success = self._success, None
-        if done is not None:
-            self._finish(done[0], self.store.complete(done[0].id, self.id, done[1]), "succeeded")
+        """Record held successes, and give back jobs claimed but not started."""
+        self.give_back()
+        if self._successes:
+            self._record_and_claim(0)
 
     def run(
         self,
@@ -177,6 +239,8 @@ class Worker:
                 found = False
             if found:
                 delay = self.min_idle
+                if self._is_caught_up and not self.claimed:
+                    stop.wait(LINGER)
                 continue
             if burst:
                 return
@@ -224,7 +288,7 @@ class Worker:
             self.fail(record, job, format_error(error))
         else:
             if defer_success:
-                self._success = (job, result)
+                self._successes.append((job, result))
             else:
                 self._finish(job, self.store.complete(record.id, self.id, result), "succeeded")
         finally:
@@ -388,6 +452,10 @@ class WorkerGroup:
     def _check(self, worker: Worker, attempt: _Attempt) -> None:
         now = time.monotonic()
         record = attempt.record
+        if worker.claimed and now - attempt.started >= QUICK_JOB:
+            # A slow job: the jobs of its batch go back to the queue, for other
+            # workers, instead of waiting behind it (their leases are not extended).
+            worker.give_back()
         if attempt.deadline is not None and now >= attempt.deadline and not attempt.is_timed_out:
             attempt.is_timed_out = True
             worker.is_abandoned = True
@@ -399,6 +467,7 @@ class WorkerGroup:
                 record.task,
                 self._workers[worker].name,
             )
+            worker.give_back()
             if not self.stop.is_set():
                 self._spawn()
         elif not attempt.is_timed_out and now >= attempt.next_extension:
@@ -435,7 +504,8 @@ class WorkerGroup:
         Returns how many were requeued.
         """
         requeued = 0
-        for worker in self.running():
+        for worker in self.workers():
+            requeued += worker.give_back()
             attempt = worker.current
             if attempt is not None and self.store.requeue(attempt.record.id, worker.id):
                 requeued += 1
