@@ -437,6 +437,98 @@ def test_processes_claiming_from_one_file_get_each_job_exactly_once(
     assert store.stats(since=0.0).counts == {("default", State.SUCCEEDED): 2000}
 
 
+#: Run by each opening process: wait for "go", then open the store and enqueue a job.
+OPENER = """
+import sys
+from flask_afterward.jobs import JobRecord, State, new_job_id
+from flask_afterward.stores.sqlite import SqliteStore
+
+print("ready", flush=True)
+sys.stdin.readline()
+store = SqliteStore(sys.argv[1])
+store.enqueue(JobRecord(id=new_job_id(), task="t", payload="{}", state=State.QUEUED))
+store.close()
+"""
+
+
+def test_processes_opening_a_new_file_at_once_all_get_a_working_store(
+    tmp_path: pathlib.Path,
+) -> None:
+    # Given 8 processes about to open the same file, which does not exist yet,
+    path = str(tmp_path / "new.sqlite3")
+    processes = [spawn(OPENER, path) for _ in range(8)]
+    try:
+        for process in processes:
+            assert process.stdout is not None
+            line = process.stdout.readline()
+            assert line == "ready\n", line or process.communicate(timeout=10)[1]
+        # when they are told to go at once (SQLite alone refuses, without waiting,
+        # when two of them switch the new file to WAL at the same moment),
+        for process in processes:
+            assert process.stdin is not None
+            process.stdin.write("go\n")
+            process.stdin.flush()
+        results = [process.communicate(timeout=60) for process in processes]
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+            process.communicate()
+
+    # then every one of them stored its job.
+    assert [process.returncode for process in processes] == [0] * 8, results
+    store = SqliteStore(path)
+    try:
+        assert len(store.list(limit=100)) == 8
+    finally:
+        store.close()
+    assert os.path.exists(path + sqlite_module.SETUP_LOCK_SUFFIX)
+
+
+#: Holds the store's lock file, says so, then waits to be killed.
+LOCK_HOLDER = """
+import fcntl, os, sys
+fd = os.open(sys.argv[1], os.O_RDONLY | os.O_CREAT)
+fcntl.flock(fd, fcntl.LOCK_EX)
+print("locked", flush=True)
+sys.stdin.readline()
+"""
+
+
+def test_a_process_killed_holding_the_lock_file_does_not_block_the_others(path: str) -> None:
+    # Given a process that holds the lock file,
+    holder = spawn(LOCK_HOLDER, path + sqlite_module.SETUP_LOCK_SUFFIX)
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline() == "locked\n", holder.communicate(timeout=10)[1]
+        # when it is killed with no chance to clean up,
+        holder.kill()
+        holder.wait(timeout=10)
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+        holder.communicate()
+
+    # then the kernel released its lock: the store opens and works.
+    store = SqliteStore(path)
+    try:
+        record = store.enqueue(make())
+        assert store.get(record.id) == record
+    finally:
+        store.close()
+
+
+def test_a_deleted_lock_file_is_made_again_by_the_next_connection(store: SqliteStore) -> None:
+    os.remove(store.lock_path)
+
+    thread = threading.Thread(target=lambda: store.enqueue(make()))  # a new connection
+    thread.start()
+    thread.join(timeout=10)
+
+    assert os.path.exists(store.lock_path)
+    assert len(store.list()) == 1
+
+
 #: Run by the process that gets killed: enqueue, claim one job, then hang.
 VICTIM = """
 import sys

@@ -7,6 +7,11 @@ failing. Every state change is a single ``UPDATE … WHERE state = …`` stateme
 takes the write lock before it reads, so a claim (``UPDATE … RETURNING``) is atomic
 across threads and processes without an explicit ``BEGIN IMMEDIATE``.
 
+A new connection sets itself up (page size, WAL) holding a lock file beside the
+database (``<db>-lock``, ``flock``): SQLite fails at once, without waiting its busy
+timeout, when two processes switch a new file to WAL at the same moment. Writes do not
+take it (see :data:`SETUP_LOCK_SUFFIX`).
+
 Durability: ``synchronous=NORMAL`` by default (in WAL mode a commit survives a crash of
 the process; a power loss may lose the last commits). Add ``?synchronous=FULL`` to the
 URL to survive power loss too, at the cost of an fsync per commit, except where a sync
@@ -22,12 +27,18 @@ import contextlib
 import dataclasses
 import importlib.resources
 import json
+import logging
 import operator
 import os
 import sqlite3
 import threading
 import time
 import typing as t
+
+try:
+    import fcntl
+except ImportError:  # Windows: no setup lock (see SETUP_LOCK_SUFFIX)
+    fcntl = None  # type: ignore[assignment]
 
 from ..errors import ConfigurationError
 from ..jobs import JobRecord
@@ -50,6 +61,18 @@ NORMAL_CHECKPOINT_PAGES: t.Final = 10_000
 SYNC_EVERY: t.Final = 16
 #: …and this many seconds since its last synced commit (see ``complete_and_claim``).
 SYNC_AFTER: t.Final = 0.1
+
+#: The lock file new connections set themselves up under is the database's path plus
+#: this. Only a new connection takes it, for the few milliseconds of its setup. Writes
+#: do not: we measured every write taking it (the kernel wakes a waiter at once, where
+#: SQLite's busy handler sleeps 1, 2, 5 … ms), and with workers claiming in batches a
+#: producer and a worker at NORMAL drained about 12% fewer jobs per second with it
+#: than without (no better at FULL): strict turns on the lock empty each connection's
+#: page cache before every transaction, where the busy handler's sleeps let the other
+#: side run several transactions in a row.
+SETUP_LOCK_SUFFIX: t.Final = "-lock"
+
+logger = logging.getLogger(__name__)
 
 _T = t.TypeVar("_T")
 
@@ -80,6 +103,31 @@ _MIGRATIONS: t.Final = [_SQL[f"migration_{number}"] for number in range(1, SCHEM
 
 #: A record's field values as a tuple, in ``_FIELDS`` order (one C call).
 _field_values: t.Final = operator.attrgetter(*_FIELDS)
+
+
+@contextlib.contextmanager
+def _setup_lock(path: str) -> cabc.Iterator[None]:
+    """Hold the lock file at ``path`` (created if missing) for a connection's setup.
+
+    Released by closing it, also by the kernel if the process dies. Without ``flock``
+    (Windows), or if the file cannot be opened, setup goes on unlocked, as it did
+    before there was a lock file; two processes opening a new file at once may then
+    see "database is locked".
+    """
+    fd = None
+    if fcntl is not None:
+        try:
+            # Read-only is enough for flock, so a file another user created works too.
+            fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        except OSError as error:
+            logger.warning("Cannot open the job store's lock file %r: %s.", path, error)
+    try:
+        if fd is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        if fd is not None:
+            os.close(fd)
 
 
 def _claim_order(record: JobRecord) -> tuple[int, float]:
@@ -116,6 +164,8 @@ class SqliteStore:
                 f"synchronous={synchronous!r} in AFTERWARD_STORE is not valid: use NORMAL or FULL."
             )
         self.path = path
+        #: the file new connections set themselves up under (:data:`SETUP_LOCK_SUFFIX`)
+        self.lock_path = path + SETUP_LOCK_SUFFIX
         self.defer_grace = defer_grace
         self.synchronous = synchronous.upper()
         self.busy_timeout = busy_timeout
@@ -139,13 +189,18 @@ class SqliteStore:
         folder = os.path.dirname(self.path)
         if folder:
             os.makedirs(folder, exist_ok=True)
-        connection = sqlite3.connect(
-            self.path,
-            isolation_level=None,
-            check_same_thread=False,
-            timeout=self.busy_timeout,
-            cached_statements=64,
-        )
+        with _setup_lock(self.lock_path):
+            return self._set_up(
+                sqlite3.connect(
+                    self.path,
+                    isolation_level=None,
+                    check_same_thread=False,
+                    timeout=self.busy_timeout,
+                    cached_statements=64,
+                )
+            )
+
+    def _set_up(self, connection: sqlite3.Connection) -> sqlite3.Connection:
         try:
             # Only takes effect on a new, empty file. Every commit appends each page it
             # touched to the WAL; 2 KiB pages halve those bytes against the default
