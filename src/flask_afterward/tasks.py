@@ -279,7 +279,8 @@ class Task(t.Generic[P, R]):
         job: Job[R] = Job(store.enqueue(record), store)
         if job.id != record.id:
             return job
-        job_enqueued.send(current_app._get_current_object(), job=job)  # type: ignore[attr-defined]
+        if job_enqueued.receivers:  # else skip finding the app object for nobody
+            job_enqueued.send(current_app._get_current_object(), job=job)  # type: ignore[attr-defined]
         if not is_deferred:
             backend.wake_workers()
         return job
