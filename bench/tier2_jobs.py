@@ -428,22 +428,27 @@ flask-afterward at NORMAL. Every measurement gets a fresh store (a new SQLite fi
 {main_table(rounds)}
 
 Raw SQLite, insert + claim + delete of one job at a time in one process (three commits
-per job; flask-afterward makes two for a busy worker: the enqueue, and the claim that
-also records the previous job's success): {cell(cycles)} cycles/s.
+per job; flask-afterward makes one and a fraction for a busy worker: the enqueue, and a
+share of a claim that takes up to 8 jobs and records the previous ones' successes):
+{cell(cycles)} cycles/s.
 
 Targets for flask-afterward:
 {verdicts(rounds)}
 
-**Why.** A flask-afterward job costs two commits for a busy worker (the enqueue, and
-one claim that also records the previous job's success); each writes every B-tree page
-it changed to the WAL (on enqueue the row, the id index and both runnable indexes),
-where raw SQLite's queue writes one. At FULL every commit also
-waits for an fsync, so the disk sets the pace: Huey commits twice per job on two
-B-trees, and deletes a job when it takes it (at-most-once). With producer and worker
-together, both want SQLite's one write lock; a writer that finds it taken sleeps in
-SQLite's busy handler, which is the *blocked* share growing in the second table.
-`bench/tier2_store_variants.py` measures what claiming and completing jobs in batches
-would save.
+**Why.** Enqueueing a job is one commit, which writes every B-tree page it changed to
+the WAL (the row, the id index and both runnable indexes), where raw SQLite's queue
+writes one. A busy worker running quick jobs claims up to 8 in one transaction and
+records their successes with its next claim, so draining costs a fraction of a commit
+per job. At FULL every enqueue also waits for an fsync, so the disk sets the pace of
+enqueue; claims do not wait for it, and a busy worker syncs its outcomes in groups
+(`docs/durability.rst`). Huey commits twice per job on two B-trees, and deletes a job
+when it takes it (at-most-once). With producer and worker together, both want SQLite's
+one write lock, and each commit of the other process empties a connection's page cache:
+a worker that has caught up waits 2 ms before it claims again, so that it takes several
+jobs at once instead of taking turns with the producer job by job. A writer that finds
+the lock taken sleeps in SQLite's busy handler (part of the *blocked* share); queueing
+writers on a lock file in the kernel instead measured slower, as strict turns empty the
+cache before every transaction.
 
 {detail_table(rounds)}
 
