@@ -13,6 +13,7 @@ from __future__ import annotations
 import collections.abc as cabc
 import os
 import pathlib
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -482,7 +483,7 @@ def test_processes_opening_a_new_file_at_once_all_get_a_working_store(
         assert len(store.list(limit=100)) == 8
     finally:
         store.close()
-    assert os.path.exists(path + sqlite_module.SETUP_LOCK_SUFFIX)
+    assert os.path.exists(path + sqlite_module.LOCK_SUFFIX)
 
 
 #: Holds the store's lock file, says so, then waits to be killed.
@@ -497,7 +498,7 @@ sys.stdin.readline()
 
 def test_a_process_killed_holding_the_lock_file_does_not_block_the_others(path: str) -> None:
     # Given a process that holds the lock file,
-    holder = spawn(LOCK_HOLDER, path + sqlite_module.SETUP_LOCK_SUFFIX)
+    holder = spawn(LOCK_HOLDER, path + sqlite_module.LOCK_SUFFIX)
     try:
         assert holder.stdout is not None
         assert holder.stdout.readline() == "locked\n", holder.communicate(timeout=10)[1]
@@ -516,6 +517,81 @@ def test_a_process_killed_holding_the_lock_file_does_not_block_the_others(path: 
         assert store.get(record.id) == record
     finally:
         store.close()
+
+
+#: Holds the lock file for a write while it forks; the child lives on, the parent is
+#: then killed, still inside the write.
+FORKER = """
+import os, sys
+from flask_afterward.stores.sqlite import SqliteStore
+
+store = SqliteStore(sys.argv[1])
+store._db
+with store._writing:
+    pid = os.fork()
+    if pid == 0:
+        sys.stdin.readline()
+        os._exit(0)
+    print(pid, flush=True)
+    sys.stdin.readline()
+"""
+
+
+def test_a_child_forked_during_a_write_does_not_keep_the_lock_when_its_parent_dies(
+    store: SqliteStore, path: str
+) -> None:
+    # Given a process killed while writing, whose forked child is still alive,
+    parent = spawn(FORKER, path)
+    child = 0
+    try:
+        assert parent.stdout is not None
+        line = parent.stdout.readline()
+        assert line.strip().isdigit(), line or parent.communicate(timeout=10)[1]
+        child = int(line)
+        parent.kill()
+        parent.wait(timeout=10)
+
+        # when another process writes,
+        written = threading.Event()
+        thread = threading.Thread(target=lambda: (store.enqueue(make()), written.set()))
+        thread.daemon = True  # if the lock were still held, it would wait for the child
+        thread.start()
+
+        # then it does not wait for the child: the child closed what it inherited.
+        assert written.wait(10)
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+        parent.communicate()
+        if child:
+            os.kill(child, signal.SIGKILL)
+
+
+def test_writers_in_two_processes_take_turns_on_the_lock_file(
+    store: SqliteStore, path: str, tmp_path: pathlib.Path
+) -> None:
+    # (The lock file is held around each write: two processes enqueueing and claiming
+    # at once lose nothing and never fail with "database is locked".)
+    ids = {store.enqueue(make()).id for _ in range(500)}
+    out = tmp_path / "claimed.txt"
+    claimer = spawn(CLAIMER, path, str(out), "p1", "batch", "NORMAL")
+    try:
+        assert claimer.stdout is not None and claimer.stdin is not None
+        assert claimer.stdout.readline() == "ready\n", claimer.communicate(timeout=10)[1]
+        claimer.stdin.write("go\n")
+        claimer.stdin.flush()
+        more = {store.enqueue(make()).id for _ in range(500)}
+        _, errors = claimer.communicate(timeout=60)
+    finally:
+        if claimer.poll() is None:
+            claimer.kill()
+            claimer.communicate()
+    assert claimer.returncode == 0, errors
+    claimed = out.read_text().split()
+    assert len(claimed) == len(set(claimed))
+    assert set(claimed) <= ids | more
+    # What it did not get is still queued, nothing else is missing.
+    assert {r.id for r in store.list(state=State.QUEUED, limit=2000)} == (ids | more) - set(claimed)
 
 
 def test_a_deleted_lock_file_is_made_again_by_the_next_connection(store: SqliteStore) -> None:

@@ -7,10 +7,9 @@ failing. Every state change is a single ``UPDATE … WHERE state = …`` stateme
 takes the write lock before it reads, so a claim (``UPDATE … RETURNING``) is atomic
 across threads and processes without an explicit ``BEGIN IMMEDIATE``.
 
-A new connection sets itself up (page size, WAL) holding a lock file beside the
-database (``<db>-lock``, ``flock``): SQLite fails at once, without waiting its busy
-timeout, when two processes switch a new file to WAL at the same moment. Writes do not
-take it (see :data:`SETUP_LOCK_SUFFIX`).
+Writers queue on a lock file beside the database (``<db>-lock``, ``flock``) before they
+take SQLite's write lock, and new connections set themselves up under it (see
+:data:`LOCK_SUFFIX`). Reads never take it.
 
 Durability: ``synchronous=NORMAL`` by default (in WAL mode a commit survives a crash of
 the process; a power loss may lose the last commits). Add ``?synchronous=FULL`` to the
@@ -37,7 +36,7 @@ import typing as t
 
 try:
     import fcntl
-except ImportError:  # Windows: no setup lock (see SETUP_LOCK_SUFFIX)
+except ImportError:  # Windows: writers wait in SQLite's busy handler (LOCK_SUFFIX)
     fcntl = None  # type: ignore[assignment]
 
 from ..errors import ConfigurationError
@@ -62,15 +61,18 @@ SYNC_EVERY: t.Final = 16
 #: …and this many seconds since its last synced commit (see ``complete_and_claim``).
 SYNC_AFTER: t.Final = 0.1
 
-#: The lock file new connections set themselves up under is the database's path plus
-#: this. Only a new connection takes it, for the few milliseconds of its setup. Writes
-#: do not: we measured every write taking it (the kernel wakes a waiter at once, where
-#: SQLite's busy handler sleeps 1, 2, 5 … ms), and with workers claiming in batches a
-#: producer and a worker at NORMAL drained about 12% fewer jobs per second with it
-#: than without (no better at FULL): strict turns on the lock empty each connection's
-#: page cache before every transaction, where the busy handler's sleeps let the other
-#: side run several transactions in a row.
-SETUP_LOCK_SUFFIX: t.Final = "-lock"
+#: The lock file is the database's path plus this. Every write and every new
+#: connection's setup holds it, so that our writers take turns in the order they came:
+#: the kernel wakes the next one the moment it is let go. Without it, a writer that
+#: finds SQLite's write lock taken sleeps in the busy handler (1, 2, 5, 10 … up to
+#: 100 ms) and often finds it taken again: at FULL, where each enqueue holds the lock
+#: through an fsync, a worker got almost no claim in while a producer ran, and when two
+#: processes switch a new file to WAL at the same moment SQLite fails at once with
+#: "database is locked". It costs a little throughput: with a producer and a worker at
+#: NORMAL, about 12% fewer jobs per second than the busy handler's sleeps, which let one
+#: side run several transactions in a row (each turn empties the other's page cache).
+#: The busy timeout still applies to programs that do not use the lock file.
+LOCK_SUFFIX: t.Final = "-lock"
 
 logger = logging.getLogger(__name__)
 
@@ -105,29 +107,47 @@ _MIGRATIONS: t.Final = [_SQL[f"migration_{number}"] for number in range(1, SCHEM
 _field_values: t.Final = operator.attrgetter(*_FIELDS)
 
 
-@contextlib.contextmanager
-def _setup_lock(path: str) -> cabc.Iterator[None]:
-    """Hold the lock file at ``path`` (created if missing) for a connection's setup.
+class _WriteLock:
+    """One thread's handle on the store's lock file: ``with`` it around each write.
 
-    Released by closing it, also by the kernel if the process dies. Without ``flock``
-    (Windows), or if the file cannot be opened, setup goes on unlocked, as it did
-    before there was a lock file; two processes opening a new file at once may then
-    see "database is locked".
+    Each thread opens the file itself: ``flock`` locks belong to an open file
+    description, so threads sharing one descriptor would all "hold" the lock at once.
+    ``fd`` is None without ``flock`` (Windows) or if the file cannot be opened; then
+    writers wait in SQLite's busy handler, as before there was a lock file.
     """
-    fd = None
-    if fcntl is not None:
+
+    __slots__ = ("fd",)
+
+    def __init__(self, path: str) -> None:
+        self.fd: int | None = None
+        if fcntl is None:
+            return
         try:
             # Read-only is enough for flock, so a file another user created works too.
-            fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o666)
+            self.fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o666)
         except OSError as error:
-            logger.warning("Cannot open the job store's lock file %r: %s.", path, error)
-    try:
-        if fd is not None:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        if fd is not None:
-            os.close(fd)
+            logger.warning(
+                "Cannot open the job store's lock file %r (%s): writers will wait in "
+                "SQLite's busy handler instead.",
+                path,
+                error,
+            )
+            return
+        _LOCK_FDS.add(self.fd)
+
+    def __enter__(self) -> None:
+        if self.fd is not None:
+            fcntl.flock(self.fd, fcntl.LOCK_EX)
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.fd is not None:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        if self.fd is not None:
+            _LOCK_FDS.discard(self.fd)
+            os.close(self.fd)
+            self.fd = None
 
 
 def _claim_order(record: JobRecord) -> tuple[int, float]:
@@ -164,8 +184,8 @@ class SqliteStore:
                 f"synchronous={synchronous!r} in AFTERWARD_STORE is not valid: use NORMAL or FULL."
             )
         self.path = path
-        #: the file new connections set themselves up under (:data:`SETUP_LOCK_SUFFIX`)
-        self.lock_path = path + SETUP_LOCK_SUFFIX
+        #: the file our writers queue on (:data:`LOCK_SUFFIX`)
+        self.lock_path = path + LOCK_SUFFIX
         self.defer_grace = defer_grace
         self.synchronous = synchronous.upper()
         self.busy_timeout = busy_timeout
@@ -174,6 +194,7 @@ class SqliteStore:
         self._local = threading.local()
         self._next_recovery = 0.0
         self._all_connections: list[sqlite3.Connection] = []
+        self._all_locks: list[_WriteLock] = []
         self._lock = threading.Lock()
         self._pid = os.getpid()
         self._fork_generation = _fork_generation
@@ -189,7 +210,7 @@ class SqliteStore:
         folder = os.path.dirname(self.path)
         if folder:
             os.makedirs(folder, exist_ok=True)
-        with _setup_lock(self.lock_path):
+        with self._local.write_lock:
             return self._set_up(
                 sqlite3.connect(
                     self.path,
@@ -236,6 +257,7 @@ class SqliteStore:
             # references without closing by keeping them alive in this process.
             _INHERITED.extend(self._all_connections)
             self._all_connections = []
+            self._all_locks = []  # their descriptors were closed at the fork
             self._local = threading.local()
             self._lock = threading.Lock()  # another thread may have held it at fork()
             self._pid = os.getpid()
@@ -243,12 +265,24 @@ class SqliteStore:
         connection: sqlite3.Connection | None = getattr(self._local, "connection", None)
         if connection is None:
             local = self._local
-            connection = local.connection = self._connect()
+            local.write_lock = _WriteLock(self.lock_path)
+            try:
+                connection = local.connection = self._connect()
+            except BaseException:
+                local.write_lock.close()
+                raise
             local.unsynced = 0  # outcomes committed since the last synced commit (FULL)
             local.synced_at = time.monotonic()
             with self._lock:
                 self._all_connections.append(connection)
+                self._all_locks.append(local.write_lock)
         return connection
+
+    @property
+    def _writing(self) -> _WriteLock:
+        """This thread's write lock; after ``_db``, which opens it and sees forks."""
+        lock: _WriteLock = self._local.write_lock
+        return lock
 
     def _migrate(self) -> None:
         db = self._db
@@ -260,6 +294,10 @@ class SqliteStore:
             )
         if version == SCHEMA_VERSION:
             return
+        with self._writing:
+            self._migrate_now(db)
+
+    def _migrate_now(self, db: sqlite3.Connection) -> None:
         db.execute("BEGIN IMMEDIATE")
         try:
             (version,) = db.execute("PRAGMA user_version").fetchone()  # another process?
@@ -276,9 +314,12 @@ class SqliteStore:
     def close(self) -> None:
         with self._lock:
             connections, self._all_connections = self._all_connections, []
+            locks, self._all_locks = self._all_locks, []
         if self._pid == os.getpid():
             for connection in connections:
                 connection.close()
+            for lock in locks:
+                lock.close()
         self._local = threading.local()
 
     # Store
@@ -288,13 +329,18 @@ class SqliteStore:
         # INSERT itself.
         if record.state in TERMINAL and record.secrets is not None:
             record = record.replace(secrets=None)
+        db = self._db
         if record.unique_key is None:
-            self._db.execute(_SQL["insert_plain"], (*_field_values(record), record.expires_at))
+            row = (*_field_values(record), record.expires_at)
+            with self._writing:
+                db.execute(_SQL["insert_plain"], row)
             return record
         values = {name: getattr(record, name) for name in _FIELDS}
         values["expires_at"] = record.expires_at
         for _ in range(3):
-            if self._db.execute(_SQL["insert"], values).rowcount == 1:
+            with self._writing:
+                is_stored = db.execute(_SQL["insert"], values).rowcount == 1
+            if is_stored:
                 return record
             # Ignored: an active job holds the unique key. Return it (it may have
             # finished meanwhile, then try again).
@@ -328,21 +374,26 @@ class SqliteStore:
         }
         return [_record(row) for row in self._db.execute(_SQL["list"], params)]
 
+    def _write(self, query: str, params: dict[str, object]) -> int:
+        """Run one writing statement under the write lock; the rows it changed."""
+        db = self._db
+        with self._writing:
+            return db.execute(_SQL[query], params).rowcount
+
     def cancel(self, job_id: str) -> bool:
         params = {"id": job_id, "now": time.time()}
-        if self._db.execute(_SQL["cancel_waiting"], params).rowcount:
+        if self._write("cancel_waiting", params):
             return True
-        return self._db.execute(_SQL["request_cancel"], params).rowcount == 1
+        return self._write("request_cancel", params) == 1
 
     def release_deferred(self, job_ids: cabc.Iterable[str]) -> None:
-        self._db.execute(_SQL["release_deferred"], {"ids": json.dumps(list(job_ids))})
+        self._write("release_deferred", {"ids": json.dumps(list(job_ids))})
 
     def retry(self, job_id: str) -> bool:
-        cursor = self._db.execute(_SQL["retry"], {"id": job_id, "now": time.time()})
-        return cursor.rowcount == 1
+        return self._write("retry", {"id": job_id, "now": time.time()}) == 1
 
     def prune(self, now: float) -> int:
-        return self._db.execute(_SQL["prune"], {"now": now}).rowcount
+        return self._write("prune", {"now": now})
 
     def stats(self, since: float) -> Stats:
         now = time.time()
@@ -372,12 +423,13 @@ class SqliteStore:
         which a synced claim would not prevent (its outcome would be lost instead).
         """
         db = self._db
-        if not self._is_synced:
-            claimed = self._claim(db, worker, queues, lease, 1)
-        else:
-            with self._relaxed(db):
-                db.execute("BEGIN IMMEDIATE")
-                claimed = self._in_transaction(db, self._claim, db, worker, queues, lease, 1)
+        with self._writing:
+            if not self._is_synced:
+                claimed = self._claim(db, worker, queues, lease, 1)
+            else:
+                with self._relaxed(db):
+                    db.execute("BEGIN IMMEDIATE")
+                    claimed = self._in_transaction(db, self._claim, db, worker, queues, lease, 1)
         return claimed[0] if claimed else None
 
     def _claim(
@@ -438,6 +490,18 @@ class SqliteStore:
         that runs out of jobs leaves nothing unsynced.
         """
         db = self._db
+        with self._writing:
+            return self._complete_and_claim_many(db, done, worker, queues, lease, limit)
+
+    def _complete_and_claim_many(
+        self,
+        db: sqlite3.Connection,
+        done: cabc.Sequence[tuple[str, str | None]],
+        worker: str,
+        queues: cabc.Sequence[str] | None,
+        lease: float,
+        limit: int,
+    ) -> Batch:
         if not self._is_synced:
             db.execute("BEGIN IMMEDIATE")
             return self._in_transaction(
@@ -533,7 +597,9 @@ class SqliteStore:
 
     def recover(self, now: float) -> None:
         """Release overdue deferred jobs and jobs whose worker lost its lease."""
-        self._recover(self._db, now)
+        db = self._db
+        with self._writing:
+            self._recover(db, now)
 
     def _recover(self, db: sqlite3.Connection, now: float) -> None:
         db.execute(_SQL["release_overdue_deferred"], {"cutoff": now - self.defer_grace})
@@ -551,7 +617,9 @@ class SqliteStore:
         return db.execute(_SQL[query], params).rowcount == 1
 
     def _own(self, query: str, job_id: str, worker: str, **params: object) -> bool:
-        is_ours = self._own_in(self._db, query, job_id, worker, **params)
+        db = self._db
+        with self._writing:
+            is_ours = self._own_in(db, query, job_id, worker, **params)
         if self._is_synced:
             self._synced()
         return is_ours
@@ -575,13 +643,21 @@ class SqliteStore:
 
     def set_progress(self, job_id: str, worker: str, value: float, message: str | None) -> bool:
         params = {"id": job_id, "worker": worker, "progress": value, "message": message}
-        row = self._db.execute(_SQL["set_progress"], params).fetchone()
-        return bool(row and row[0])
+        db = self._db
+        with self._writing:
+            rows = db.execute(_SQL["set_progress"], params).fetchall()
+        return bool(rows and rows[0][0])
 
 
 # Connections a forked child inherited: kept referenced so they are never closed there.
 _INHERITED: list[sqlite3.Connection] = []
 
+
+# Lock-file descriptors open in this process. A forked child closes the ones it
+# inherited at once: they share the parent's open file descriptions, so a lock the
+# parent held at the fork would stay held for as long as the child kept them (closing
+# a flock descriptor, unlike a SQLite connection, cannot disturb the parent).
+_LOCK_FDS: set[int] = set()
 
 # Bumped in every forked child, so a store sees a fork with one global read per
 # statement instead of an os.getpid() system call.
@@ -591,6 +667,12 @@ _fork_generation = 0
 def _count_fork() -> None:
     global _fork_generation
     _fork_generation += 1
+    for fd in _LOCK_FDS:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _LOCK_FDS.clear()
 
 
 os.register_at_fork(after_in_child=_count_fork)
