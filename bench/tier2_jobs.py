@@ -445,10 +445,10 @@ enqueue; claims do not wait for it, and a busy worker syncs its outcomes in grou
 when it takes it (at-most-once). With producer and worker together, both want SQLite's
 one write lock, and each commit of the other process empties a connection's page cache:
 a worker that has caught up waits 2 ms before it claims again, so that it takes several
-jobs at once instead of taking turns with the producer job by job. A writer that finds
-the lock taken sleeps in SQLite's busy handler (part of the *blocked* share); queueing
-writers on a lock file in the kernel instead measured slower, as strict turns empty the
-cache before every transaction.
+jobs at once instead of taking turns with the producer job by job. Writers queue for the
+lock on a lock file (`flock`), so one that finds it taken is woken the moment it is free
+(the *blocked* share growing in the second table) instead of sleeping in SQLite's busy
+handler, which at FULL kept the worker from claiming while the producer ran.
 
 {detail_table(rounds)}
 
