@@ -429,7 +429,7 @@ flask-afterward at NORMAL. Every measurement gets a fresh store (a new SQLite fi
 
 Raw SQLite, insert + claim + delete of one job at a time in one process (three commits
 per job; flask-afterward makes one and a fraction for a busy worker: the enqueue, and a
-share of a claim that takes up to 8 jobs and records the previous ones' successes):
+share of a claim that takes up to 16 jobs and records the previous ones' successes):
 {cell(cycles)} cycles/s.
 
 Targets for flask-afterward:
@@ -437,14 +437,13 @@ Targets for flask-afterward:
 
 **Why.** Enqueueing a job is one commit, which writes every B-tree page it changed to
 the WAL (the row, the id index and both runnable indexes), where raw SQLite's queue
-writes one. A busy worker running quick jobs claims up to 8 in one transaction and
+writes one. A busy worker running quick jobs claims up to 16 in one transaction and
 records their successes with its next claim, so draining costs a fraction of a commit
-per job. At FULL every enqueue also waits for an fsync, so the disk sets the pace of
-enqueue; claims do not wait for it, and a busy worker syncs its outcomes in groups
-(`docs/durability.rst`). Huey commits twice per job on two B-trees, and deletes a job
+per job. At FULL every commit also waits for an fsync, so the disk sets the pace of
+enqueue, and a worker pays one fsync per batch. Huey commits twice per job on two B-trees, and deletes a job
 when it takes it (at-most-once). With producer and worker together, both want SQLite's
 one write lock, and each commit of the other process empties a connection's page cache:
-a worker that has caught up waits 2 ms before it claims again, so that it takes several
+a worker that has caught up waits 5 ms before it claims again, so that it takes several
 jobs at once instead of taking turns with the producer job by job. Writers queue for the
 lock on a lock file (`flock`), so one that finds it taken is woken the moment it is free
 (the *blocked* share growing in the second table) instead of sleeping in SQLite's busy

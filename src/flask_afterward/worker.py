@@ -61,14 +61,14 @@ logger = logging.getLogger(__name__)
 #: Seconds between two prunes of finished jobs (``AFTERWARD_RESULT_TTL``) by a group.
 PRUNE_INTERVAL: t.Final = 60.0
 #: The most jobs a worker claims at once (see the module docstring).
-BATCH: t.Final = 8
+BATCH: t.Final = 16
 #: A worker claims a batch only while each of its jobs takes less than this (seconds),
 #: so its successes wait at most about ``BATCH * QUICK_JOB`` to be recorded.
 QUICK_JOB: t.Final = 0.005
 #: Seconds a worker waits before its next claim when its last batch came back short
 #: (it has caught up with whoever enqueues): enough for a few enqueues to commit, so
 #: the next claim takes several jobs instead of taking turns with them one by one.
-LINGER: t.Final = 0.002
+LINGER: t.Final = 0.005
 
 
 def backoff(attempt: int, *, base: float, cap: float = 3600.0, jitter: float = 0.25) -> float:

@@ -188,46 +188,24 @@ def test_checkpoints_are_rarer_at_normal_than_at_full(store: SqliteStore, path: 
         full.close()
 
 
-def test_at_full_a_claim_commits_without_a_sync_and_the_connection_goes_back_to_full(
-    path: str,
-) -> None:
+def test_at_full_every_commit_syncs_batches_included(path: str) -> None:
+    # FULL means every commit waits for the disk: batches share one commit (one sync)
+    # between many state changes, but no commit ever skips its sync.
     store = SqliteStore(path, synchronous="FULL")
+    statements: list[str] = []
     try:
-        first = store.enqueue(make())
-        claimed = store.claim("w1", None, 30.0)
-        assert claimed is not None and claimed.id == first.id
-        assert connection_pragma(store, "synchronous") == 2  # FULL again
-        # An outcome is synced at once when no job follows it,
-        assert store.complete_and_claim_many([(first.id, None)], "w1", None, 30.0, 8) == (
-            [True],
-            [],
-        )
-        assert store._local.unsynced == 0
-    finally:
-        store.close()
-
-
-def test_at_full_a_busy_worker_syncs_its_outcomes_in_groups(path: str) -> None:
-    store = SqliteStore(path, synchronous="FULL")
-    try:
-        for _ in range(3 * sqlite_module.SYNC_EVERY):
+        for _ in range(3):
             store.enqueue(make())
-        held = store.claim("w1", None, 30.0)
-        assert held is not None
-        store._synced()  # as if the last synced commit were just now
-        unsynced = []
-        for _ in range(sqlite_module.SYNC_EVERY):
-            _, claimed = store.complete_and_claim_many([(held.id, None)], "w1", None, 30.0, 1)
-            held = claimed[0]
-            unsynced.append(store._local.unsynced)
-            assert connection_pragma(store, "synchronous") == 2
-        # Outcomes with a next job commit unsynced, up to SYNC_EVERY - 1 of them; the
-        # next one syncs them all (unless SYNC_AFTER ran out first on a slow machine).
-        assert unsynced[-1] == 0
-        assert max(unsynced) <= sqlite_module.SYNC_EVERY - 1
-        assert store.stats(since=0.0).counts[("default", State.SUCCEEDED)] == (
-            sqlite_module.SYNC_EVERY
-        )
+        store._db.set_trace_callback(statements.append)
+        claimed = store.claim("w1", None, 30.0)
+        assert claimed is not None
+        done, more = store.complete_and_claim_many([(claimed.id, None)], "w1", None, 30.0, 8)
+        assert done == [True] and len(more) == 2
+        store.complete_and_claim_many([(job.id, None) for job in more], "w1", None, 30.0, 8)
+
+        assert not [sql for sql in statements if "synchronous" in sql.lower()]
+        assert connection_pragma(store, "synchronous") == 2  # FULL
+        assert store.stats(since=0.0).counts[("default", State.SUCCEEDED)] == 3
     finally:
         store.close()
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import builtins
 import collections.abc as cabc
-import contextlib
 import dataclasses
 import importlib.resources
 import json
@@ -56,10 +55,6 @@ PAGE_SIZE: t.Final = 2048
 RECOVERY_INTERVAL: t.Final = 1.0
 #: WAL pages after which a commit at NORMAL checkpoints (SQLite's default: 1,000).
 NORMAL_CHECKPOINT_PAGES: t.Final = 10_000
-#: At FULL, a busy worker thread's outcomes go unsynced for at most this many commits…
-SYNC_EVERY: t.Final = 16
-#: …and this many seconds since its last synced commit (see ``complete_and_claim``).
-SYNC_AFTER: t.Final = 0.1
 
 #: The lock file is the database's path plus this. Every write and every new
 #: connection's setup holds it, so that our writers take turns in the order they came:
@@ -189,7 +184,7 @@ class SqliteStore:
         self.defer_grace = defer_grace
         self.synchronous = synchronous.upper()
         self.busy_timeout = busy_timeout
-        #: FULL or EXTRA: commits wait for the disk, and claims are worth relaxing
+        #: FULL or EXTRA: every commit waits for the disk
         self._is_synced = self.synchronous in ("FULL", "EXTRA")
         self._local = threading.local()
         self._next_recovery = 0.0
@@ -271,8 +266,6 @@ class SqliteStore:
             except BaseException:
                 local.write_lock.close()
                 raise
-            local.unsynced = 0  # outcomes committed since the last synced commit (FULL)
-            local.synced_at = time.monotonic()
             with self._lock:
                 self._all_connections.append(connection)
                 self._all_locks.append(local.write_lock)
@@ -416,20 +409,9 @@ class SqliteStore:
     def claim(
         self, worker: str, queues: cabc.Sequence[str] | None, lease: float
     ) -> JobRecord | None:
-        """See :meth:`QueueStore.claim`. At FULL the commit does not wait for the disk.
-
-        A claim lost to a power cut leaves the job queued, or running under a lease
-        that has run out by the time the machine is back: either way it runs again,
-        which a synced claim would not prevent (its outcome would be lost instead).
-        """
         db = self._db
         with self._writing:
-            if not self._is_synced:
-                claimed = self._claim(db, worker, queues, lease, 1)
-            else:
-                with self._relaxed(db):
-                    db.execute("BEGIN IMMEDIATE")
-                    claimed = self._in_transaction(db, self._claim, db, worker, queues, lease, 1)
+            claimed = self._claim(db, worker, queues, lease, 1)
         return claimed[0] if claimed else None
 
     def _claim(
@@ -481,13 +463,8 @@ class SqliteStore:
     ) -> Batch:
         """See :meth:`QueueStore.complete_and_claim_many`: one commit for all of it.
 
-        At FULL, a commit that claims a job does not wait for the disk either, unless
-        this thread's last synced commit is :data:`SYNC_EVERY` commits or
-        :data:`SYNC_AFTER` seconds old: a busy worker syncs its outcomes in groups, one
-        fsync for many jobs instead of one each. A power cut before the group's sync
-        takes those outcomes back, and their jobs run again (at least once). When no
-        job is left to claim, the outcomes get a synced commit at once, so a worker
-        that runs out of jobs leaves nothing unsynced.
+        At FULL that is one fsync for a whole batch of outcomes and claims, which is
+        how a busy worker beats one commit per state change without syncing less.
         """
         db = self._db
         with self._writing:
@@ -502,34 +479,10 @@ class SqliteStore:
         lease: float,
         limit: int,
     ) -> Batch:
-        if not self._is_synced:
-            db.execute("BEGIN IMMEDIATE")
-            return self._in_transaction(
-                db, self._complete_and_claim, db, done, worker, queues, lease, limit
-            )
-        local = self._local
-        if (
-            limit > 0
-            and local.unsynced + 1 < SYNC_EVERY
-            and time.monotonic() - local.synced_at < SYNC_AFTER
-        ):
-            with self._relaxed(db):
-                db.execute("BEGIN IMMEDIATE")
-                found = self._in_transaction(
-                    db, self._claim_then_complete, db, done, worker, queues, lease, limit
-                )
-            if found is not None:
-                local.unsynced += bool(done)
-                return found
-            if not done:
-                return [], []
-            limit = 0  # none left: the outcomes get a synced commit of their own
         db.execute("BEGIN IMMEDIATE")
-        found = self._in_transaction(
+        return self._in_transaction(
             db, self._complete_and_claim, db, done, worker, queues, lease, limit
         )
-        self._synced()
-        return found
 
     def _complete_all(
         self, db: sqlite3.Connection, done: cabc.Sequence[tuple[str, str | None]], worker: str
@@ -550,21 +503,6 @@ class SqliteStore:
         completed = self._complete_all(db, done, worker)
         return completed, self._claim(db, worker, queues, lease, limit)
 
-    def _claim_then_complete(
-        self,
-        db: sqlite3.Connection,
-        done: cabc.Sequence[tuple[str, str | None]],
-        worker: str,
-        queues: cabc.Sequence[str] | None,
-        lease: float,
-        limit: int,
-    ) -> Batch | None:
-        """Claim, and complete only if a job was claimed; None if none was."""
-        claimed = self._claim(db, worker, queues, lease, limit)
-        if not claimed:
-            return None  # what recovery changed is committed all the same
-        return self._complete_all(db, done, worker), claimed
-
     def _in_transaction(
         self, db: sqlite3.Connection, work: cabc.Callable[..., _T], *args: t.Any
     ) -> _T:
@@ -576,24 +514,6 @@ class SqliteStore:
             raise
         db.execute("COMMIT")
         return done
-
-    @contextlib.contextmanager
-    def _relaxed(self, db: sqlite3.Connection) -> cabc.Iterator[None]:
-        """Commit without waiting for the disk, then back to the store's level.
-
-        Around the transaction: SQLite refuses to switch inside one. A later synced
-        commit by any connection syncs the whole WAL, this commit included.
-        """
-        db.execute("PRAGMA synchronous=NORMAL")
-        try:
-            yield
-        finally:
-            db.execute(f"PRAGMA synchronous={self.synchronous}")
-
-    def _synced(self) -> None:
-        """This thread just committed with a sync: its earlier commits are on disk."""
-        self._local.unsynced = 0
-        self._local.synced_at = time.monotonic()
 
     def recover(self, now: float) -> None:
         """Release overdue deferred jobs and jobs whose worker lost its lease."""
@@ -620,8 +540,6 @@ class SqliteStore:
         db = self._db
         with self._writing:
             is_ours = self._own_in(db, query, job_id, worker, **params)
-        if self._is_synced:
-            self._synced()
         return is_ours
 
     def extend_lease(self, job_id: str, worker: str, lease: float) -> bool:
