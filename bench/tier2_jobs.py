@@ -440,8 +440,8 @@ the WAL (the row, the id index and both runnable indexes), where raw SQLite's qu
 writes one. A busy worker running quick jobs claims up to 16 in one transaction and
 records their successes with its next claim, so draining costs a fraction of a commit
 per job. At FULL every commit also waits for an fsync, so the disk sets the pace of
-enqueue, and a worker pays one fsync per batch. Huey commits twice per job on two B-trees, and deletes a job
-when it takes it (at-most-once). With producer and worker together, both want SQLite's
+enqueue, and a worker pays one fsync per batch. Huey commits twice per job on two
+B-trees, and deletes a job when it takes it (at-most-once). With producer and worker together, both want SQLite's
 one write lock, and each commit of the other process empties a connection's page cache:
 a worker that has caught up waits 5 ms before it claims again, so that it takes several
 jobs at once instead of taking turns with the producer job by job. Writers queue for the
