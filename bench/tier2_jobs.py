@@ -441,13 +441,14 @@ writes one. A busy worker running quick jobs claims up to 16 in one transaction 
 records their successes with its next claim, so draining costs a fraction of a commit
 per job. At FULL every commit also waits for an fsync, so the disk sets the pace of
 enqueue, and a worker pays one fsync per batch. Huey commits twice per job on two
-B-trees, and deletes a job when it takes it (at-most-once). With producer and worker together, both want SQLite's
-one write lock, and each commit of the other process empties a connection's page cache:
-a worker that has caught up waits 5 ms before it claims again, so that it takes several
-jobs at once instead of taking turns with the producer job by job. Writers queue for the
-lock on a lock file (`flock`), so one that finds it taken is woken the moment it is free
-(the *blocked* share growing in the second table) instead of sleeping in SQLite's busy
-handler, which at FULL kept the worker from claiming while the producer ran.
+B-trees, and deletes a job when it takes it (at-most-once). With producer and worker
+together, both want SQLite's one write lock, and each commit of the other process
+empties a connection's page cache: a worker that has caught up waits 5 ms before it
+claims again, so that it takes several jobs at once instead of taking turns with the
+producer job by job. Writers queue for the lock on a lock file (`flock`), so one that
+finds it taken is woken the moment it is free (the *blocked* share growing in the second
+table) instead of sleeping in SQLite's busy handler, which at FULL kept the worker from
+claiming while the producer ran.
 
 {detail_table(rounds)}
 
