@@ -1057,6 +1057,46 @@ def test_complete_and_claim_many_takes_what_there_is_and_only_from_its_queues(
     assert queue_store.complete_and_claim_many([], "w2", ["mail"], LEASE, 8) == ([], [])
 
 
+def claimed_and_failed(queue_store: QueueStore, **fields: t.Any) -> JobRecord:
+    """A job claimed once, failed, and runnable again (a retry): attempts is 1."""
+    job = queue_store.enqueue(make(**fields))
+    held = queue_store.claim("w0", None, LEASE)
+    assert held is not None and held.id == job.id
+    assert queue_store.fail(job.id, "w0", "boom", retry_at=time.time() - 1)
+    return job
+
+
+# A batch's worker that dies costs each of its jobs an attempt, run or not: so a job
+# claimed before never shares a batch again, and cannot take the same others down.
+
+
+@pytest.mark.parametrize("queues", [None, ["default"]])
+def test_a_best_job_claimed_before_is_claimed_alone(
+    queue_store: QueueStore, queues: list[str] | None
+) -> None:
+    again = claimed_and_failed(queue_store, priority=1)
+    fresh = [queue_store.enqueue(make()) for _ in range(3)]
+
+    _, claimed = queue_store.complete_and_claim_many([], "w1", queues, LEASE, 8)
+    assert [(record.id, record.attempts) for record in claimed] == [(again.id, 2)]
+    _, claimed = queue_store.complete_and_claim_many([], "w1", queues, LEASE, 8)
+    assert {record.id for record in claimed} == {record.id for record in fresh}
+
+
+@pytest.mark.parametrize("queues", [None, ["default"]])
+def test_a_batch_leaves_out_a_job_claimed_before(
+    queue_store: QueueStore, queues: list[str] | None
+) -> None:
+    again = claimed_and_failed(queue_store, priority=-1)
+    fresh = [queue_store.enqueue(make()) for _ in range(3)]
+
+    _, claimed = queue_store.complete_and_claim_many([], "w1", queues, LEASE, 8)
+    assert {record.id for record in claimed} == {record.id for record in fresh}
+    assert state_of(queue_store, again.id) == State.QUEUED
+    _, claimed = queue_store.complete_and_claim_many([], "w1", queues, LEASE, 8)
+    assert [record.id for record in claimed] == [again.id]
+
+
 def test_complete_and_claim_many_does_not_record_a_job_another_worker_holds(
     queue_store: QueueStore,
 ) -> None:

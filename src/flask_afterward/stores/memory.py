@@ -155,6 +155,17 @@ class MemoryStore:
     def claim(
         self, worker: str, queues: cabc.Sequence[str] | None, lease: float
     ) -> JobRecord | None:
+        return self._claim(worker, queues, lease, is_fresh_only=False)
+
+    def _claim(
+        self,
+        worker: str,
+        queues: cabc.Sequence[str] | None,
+        lease: float,
+        *,
+        is_fresh_only: bool,
+    ) -> JobRecord | None:
+        """Claim the best runnable job; with ``is_fresh_only``, one never claimed before."""
         now = time.time()
         with self._lock:
             self._recover(now)
@@ -164,6 +175,7 @@ class MemoryStore:
                     record.state == State.QUEUED
                     and record.run_at <= now
                     and (queues is None or record.queue in queues)
+                    and not (is_fresh_only and record.attempts)
                     and (best is None or _order(record) < _order(best))
                 ):
                     best = record
@@ -257,8 +269,16 @@ class MemoryStore:
         limit: int,
     ) -> Batch:
         completed = [self.complete(job_id, worker, result) for job_id, result in done]
-        claimed: builtins.list[JobRecord] = []
-        while len(claimed) < limit and (record := self.claim(worker, queues, lease)) is not None:
+        first = self.claim(worker, queues, lease) if limit > 0 else None
+        if first is None:
+            return completed, []
+        claimed = [first]
+        # A job claimed before goes alone; the rest of a batch is fresh (see sqlite.sql).
+        while (
+            first.attempts == 1
+            and len(claimed) < limit
+            and (record := self._claim(worker, queues, lease, is_fresh_only=True)) is not None
+        ):
             claimed.append(record)
         return completed, claimed
 

@@ -142,6 +142,15 @@ GROUP BY state;
 -- claim_any --
 -- Up to :limit jobs. INDEXED BY: without statistics the planner prefers another index
 -- and sorts every queued job on each claim, which makes draining a backlog quadratic.
+-- A job claimed before (a retry, or one recovered from a lost worker) only ever goes
+-- alone: when a batch's worker dies, each of its jobs counts an attempt, run or not,
+-- and the job that killed it must not take the same others down with it again.
+WITH first AS (
+    SELECT id, attempts FROM afterward_jobs INDEXED BY afterward_jobs_runnable
+    WHERE state = 'queued' AND run_at <= :now
+    ORDER BY priority DESC, run_at
+    LIMIT 1
+)
 UPDATE afterward_jobs
 SET state = 'running', worker = :worker, lease_until = :now + :lease,
     attempts = attempts + 1, started_at = :now
@@ -151,16 +160,15 @@ WHERE id IN (
     ORDER BY priority DESC, run_at
     LIMIT :limit
 )
+AND (id = (SELECT id FROM first) OR attempts = 0 AND (SELECT attempts FROM first) = 0)
 RETURNING {columns};
 
 -- claim_from_queues --
 -- The best :limit jobs of each queue are one index range each; the best of those win.
 -- (A plain "queue IN (...) ORDER BY ..." sorts every queued job of those queues.)
-UPDATE afterward_jobs
-SET state = 'running', worker = :worker, lease_until = :now + :lease,
-    attempts = attempts + 1, started_at = :now
-WHERE id IN (
-    SELECT best.id
+-- A job claimed before goes alone, as in claim_any.
+WITH candidates AS MATERIALIZED (
+    SELECT best.id, best.attempts, best.priority, best.run_at
     FROM json_each(:queues) AS wanted
     JOIN afterward_jobs AS best ON best.id IN (
         SELECT id FROM afterward_jobs INDEXED BY afterward_jobs_runnable_by_queue
@@ -170,7 +178,13 @@ WHERE id IN (
     )
     ORDER BY best.priority DESC, best.run_at
     LIMIT :limit
-)
+),
+first AS (SELECT id, attempts FROM candidates ORDER BY priority DESC, run_at LIMIT 1)
+UPDATE afterward_jobs
+SET state = 'running', worker = :worker, lease_until = :now + :lease,
+    attempts = attempts + 1, started_at = :now
+WHERE id IN (SELECT id FROM candidates)
+AND (id = (SELECT id FROM first) OR attempts = 0 AND (SELECT attempts FROM first) = 0)
 RETURNING {columns};
 
 -- release_overdue_deferred --
