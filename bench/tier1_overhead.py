@@ -305,7 +305,7 @@ then push an app and a request context, call it, run the teardown functions and 
 them, as Flask does around a view; the push and pop alone are
 {in_process["contexts"]:.0f} µs), and about {us["noop"] - us["noop-inline"]:.0f} µs is
 handing it to a pool thread. The hand-off is cheap because a pool thread collects
-callbacks for 2 ms instead of being woken for each: {sw["noop"]:.1f} context switches
+callbacks for 5 ms instead of being woken for each: {sw["noop"]:.1f} context switches
 per request against {sw["noop-inline"]:.1f} inline and {sw["plain"]:.1f} for plain Flask
 (the pool before, which woke a thread for each callback, cost 5.1 switches and about
 160 µs per request in this benchmark).

@@ -27,7 +27,7 @@ logger = logging.getLogger(__name__)
 _Item = tuple[cabc.Callable[[], None], int, float]
 
 #: Seconds a thread that ran out of work stays awake to collect more (see the class).
-COLLECT_DELAY: t.Final = 0.002
+COLLECT_DELAY: t.Final = 0.005
 #: Seconds after which queued work may go to any thread, not only the collector: the
 #: collector is stuck in a slow callback. Also how often one waiting thread checks
 #: while the pool is busy, so this bounds the wait even when no new work arrives.
