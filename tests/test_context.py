@@ -364,3 +364,32 @@ def test_callback_runs_while_the_views_own_context_is_still_pushed(
     # Teardown ran after the view, after the callback (as after a view), and once
     # more when the client popped the view's preserved context.
     assert [name.startswith(CALLBACK_THREAD) for name in torn_down_in] == [False, True, False]
+
+
+def test_callback_sees_g_as_the_request_left_it_after_its_teardown(
+    app: Flask, afterward: Afterward, client: FlaskClient
+) -> None:
+    # Flask's tutorial pattern: a teardown_appcontext function pops and closes g.db.
+    # The callback must not get the closed connection; it opens its own if it needs one.
+    closed: list[object] = []
+
+    @app.teardown_appcontext
+    def close_db(error: BaseException | None) -> None:
+        db = g.pop("db", None)
+        if db is not None:
+            closed.append(db)
+
+    seen: list[object] = []
+
+    @app.get("/db")
+    def view() -> str:
+        g.db = object()
+        g.user = "ada"
+        after_this_response(lambda: seen.append((g.get("user"), "db" in g)))
+        return "ok"
+
+    client.get("/db", buffered=True)
+    assert afterward.wait_for_callbacks(timeout=5, app=app)
+
+    assert seen == [("ada", False)]
+    assert len(closed) == 1  # the view's, closed once

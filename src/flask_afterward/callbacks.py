@@ -40,6 +40,7 @@ if t.TYPE_CHECKING:
     from _typeshed.wsgi import WSGIApplication
     from _typeshed.wsgi import WSGIEnvironment
     from flask import Flask
+    from flask.ctx import AppContext
     from flask.ctx import RequestContext
 
 logger = logging.getLogger(__name__)
@@ -80,14 +81,19 @@ class RequestCallbacks:
     Lives in the WSGI environ. ``calls`` run once the response is delivered;
     ``on_dropped`` runs instead when the request ended in an unhandled exception
     (tier 2 cancels its deferred jobs there).
+
+    It keeps the request's own contexts, taken when the first callback is added, and
+    the callbacks' context is made from them only on delivery: Flask leaves both
+    objects intact when it pops them, and so nothing runs at the end of a request that
+    has no callbacks (a ``teardown_request`` function would, on every request).
     """
 
     __slots__ = (
         "calls",
         "on_dropped",
-        "context",
+        "request_context",
+        "app_context",
         "error",
-        "endpoint",
         "status_code",
         "started",
         "is_delivered",
@@ -96,12 +102,18 @@ class RequestCallbacks:
     def __init__(self) -> None:
         self.calls: list[Call] = []
         self.on_dropped: list[Call] = []
-        self.context: CapturedContext | None = None
+        self.request_context: RequestContext | None = None
+        self.app_context: AppContext | None = None
         self.error: BaseException | None = None
-        self.endpoint: str | None = None
         self.status_code: int | None = None
         self.started = time.perf_counter()
         self.is_delivered = False
+
+    def remember(self, request_context: RequestContext) -> None:
+        """Keep the request's contexts (the active ones), unless already kept."""
+        if self.request_context is None:
+            self.request_context = request_context
+            self.app_context = app_ctx._get_current_object()  # type: ignore[attr-defined]
 
 
 def after_this_response(fn: cabc.Callable[P, object], /, *args: P.args, **kwargs: P.kwargs) -> None:
@@ -152,25 +164,31 @@ def current_request_callbacks() -> RequestCallbacks:
         if EXTENSION_KEY not in context.app.extensions:
             raise NotInitialized()
         callbacks = environ[ENVIRON_KEY] = RequestCallbacks()
+    callbacks.remember(context)
     return callbacks
 
 
-def capture_on_teardown(error: BaseException | None) -> None:
-    """``teardown_request`` hook: snapshot the context while it still exists.
+def remember_contexts(sender: Flask, **extra: object) -> None:
+    """``request_started`` receiver, while there are ``after_response`` hooks.
 
-    Also tells handled from unhandled errors: Flask passes an exception to teardown
-    only when no error handler dealt with it.
+    Their request may add no callback of its own, yet the hooks run in its context.
     """
     context: RequestContext = request_ctx._get_current_object()  # type: ignore[attr-defined]
-    request = context.request
-    callbacks: RequestCallbacks | None = request.environ.get(ENVIRON_KEY)
-    # Delivered already when this runs again, as the teardown of a callback.
-    if callbacks is None or callbacks.is_delivered:
-        return
-    callbacks.context = CapturedContext.of(app_ctx._get_current_object(), context)  # type: ignore[attr-defined]
-    callbacks.error = error
-    rule = request.url_rule
-    callbacks.endpoint = None if rule is None else rule.endpoint
+    callbacks: RequestCallbacks | None = context.request.environ.get(ENVIRON_KEY)
+    if callbacks is not None:
+        callbacks.remember(context)
+
+
+def record_unhandled_error(sender: Flask, exception: BaseException, **extra: object) -> None:
+    """``got_request_exception`` receiver: the request's callbacks will be dropped.
+
+    Flask sends it for exceptions no error handler dealt with, exactly those it also
+    passes to teardown; handled ones (``abort(404)``, an ``errorhandler``) keep them.
+    """
+    context: RequestContext = request_ctx._get_current_object()  # type: ignore[attr-defined]
+    callbacks: RequestCallbacks | None = context.request.environ.get(ENVIRON_KEY)
+    if callbacks is not None and callbacks.error is None:
+        callbacks.error = exception
 
 
 class CallbackRunner:
@@ -200,23 +218,29 @@ class CallbackRunner:
                     "Dropped %d callbacks: the request raised %r.", len(calls), callbacks.error
                 )
             calls = callbacks.on_dropped
+        request_context, app_context = callbacks.request_context, callbacks.app_context
+        # The request holds its environ, which holds these callbacks: without this,
+        # every request would leave a reference cycle for the garbage collector.
+        callbacks.request_context = callbacks.app_context = None
         if self.response_hooks:
+            rule = None if request_context is None else request_context.request.url_rule
             info = ResponseInfo(
                 method=environ.get("REQUEST_METHOD", ""),
                 path=environ.get("PATH_INFO", ""),
-                endpoint=callbacks.endpoint,
+                endpoint=None if rule is None else rule.endpoint,
                 status_code=callbacks.status_code,
                 duration=time.perf_counter() - callbacks.started,
                 remote_addr=environ.get("REMOTE_ADDR"),
             )
             calls = [*calls, *(Call(hook, (info,), {}) for hook in self.response_hooks)]
-        context = callbacks.context
-        # The context's request copy holds its environ, which holds these callbacks:
-        # without this, every request would leave a reference cycle for the garbage
-        # collector.
-        callbacks.context = None
-        if calls:
-            self.dispatch(context or CapturedContext(self.app, None, None, {}), calls)
+        if not calls:
+            return
+        if request_context is None or app_context is None:
+            context = CapturedContext(self.app, None, None, {})
+        else:
+            # Now, inside close(): the server may reuse the environ once it returns.
+            context = CapturedContext.of(app_context, request_context)
+        self.dispatch(context, calls)
 
     def dispatch(self, context: CapturedContext, calls: list[Call]) -> None:
         """Run ``calls`` in order, inside ``context``, on the pool or else right here."""

@@ -18,10 +18,13 @@ import click
 from flask import abort
 from flask import current_app
 from flask import request
+from flask.signals import got_request_exception
+from flask.signals import request_started
 
 from .callbacks import AfterResponseMiddleware
 from .callbacks import CallbackRunner
-from .callbacks import capture_on_teardown
+from .callbacks import record_unhandled_error
+from .callbacks import remember_contexts
 from .callbacks import ResponseInfo
 from .cli import afterward_cli
 from .config import EXTENSION_KEY
@@ -222,7 +225,7 @@ class Afterward:
         settings = Settings.from_app(app)
         state = _AppState(app, self, settings)
         app.extensions[EXTENSION_KEY] = state
-        app.teardown_request(capture_on_teardown)
+        got_request_exception.connect(record_unhandled_error, app)
         app.wsgi_app = AfterResponseMiddleware(  # type: ignore[method-assign]
             app.wsgi_app, state.callbacks, on_request=state.start_workers
         )
@@ -398,6 +401,9 @@ class Afterward:
         .. versionadded:: 0.1
         """
         self._response_hooks.append(hook)
+        # The hooks run in their request's context, which needs keeping from the
+        # start of each request; without hooks, requests do not pay for that.
+        request_started.connect(remember_contexts)
         return hook
 
     def wait_for_callbacks(self, timeout: float = 10.0, *, app: Flask | None = None) -> bool:
