@@ -364,6 +364,14 @@ def spawn(script: str, *args: str) -> subprocess.Popen[str]:
     )
 
 
+def wait_until_ready(processes: list[subprocess.Popen[str]]) -> None:
+    """Wait for each process to print "ready" (or fail with what it printed instead)."""
+    for process in processes:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        assert line == "ready\n", line or process.communicate(timeout=10)[1]
+
+
 @pytest.mark.parametrize(
     ("mode", "synchronous"), [("one", "NORMAL"), ("batch", "NORMAL"), ("batch", "FULL")]
 )
@@ -377,10 +385,7 @@ def test_processes_claiming_from_one_file_get_each_job_exactly_once(
         spawn(CLAIMER, path, str(out), f"p{n}", mode, synchronous) for n, out in enumerate(outs)
     ]
     try:
-        for process in processes:
-            assert process.stdout is not None
-            line = process.stdout.readline()
-            assert line == "ready\n", line or process.communicate(timeout=10)[1]
+        wait_until_ready(processes)
 
         # when they are all told to go at once,
         for process in processes:
@@ -437,10 +442,7 @@ def test_processes_opening_a_new_file_at_once_all_get_a_working_store(
     path = str(tmp_path / "new.sqlite3")
     processes = [spawn(OPENER, path) for _ in range(8)]
     try:
-        for process in processes:
-            assert process.stdout is not None
-            line = process.stdout.readline()
-            assert line == "ready\n", line or process.communicate(timeout=10)[1]
+        wait_until_ready(processes)
         # when they are told to go at once (SQLite alone refuses, without waiting,
         # when two of them switch the new file to WAL at the same moment),
         for process in processes:

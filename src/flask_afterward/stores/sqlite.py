@@ -468,21 +468,10 @@ class SqliteStore:
         """
         db = self._db
         with self._writing:
-            return self._complete_and_claim_many(db, done, worker, queues, lease, limit)
-
-    def _complete_and_claim_many(
-        self,
-        db: sqlite3.Connection,
-        done: cabc.Sequence[tuple[str, str | None]],
-        worker: str,
-        queues: cabc.Sequence[str] | None,
-        lease: float,
-        limit: int,
-    ) -> Batch:
-        db.execute("BEGIN IMMEDIATE")
-        return self._in_transaction(
-            db, self._complete_and_claim, db, done, worker, queues, lease, limit
-        )
+            db.execute("BEGIN IMMEDIATE")
+            return self._in_transaction(
+                db, self._complete_and_claim, db, done, worker, queues, lease, limit
+            )
 
     def _complete_all(
         self, db: sqlite3.Connection, done: cabc.Sequence[tuple[str, str | None]], worker: str
