@@ -71,7 +71,6 @@ LOCK_SUFFIX: t.Final = "-lock"
 
 logger = logging.getLogger(__name__)
 
-_T = t.TypeVar("_T")
 
 _FIELDS: t.Final = tuple(field.name for field in dataclasses.fields(JobRecord))
 _COLUMNS: t.Final = ", ".join(_FIELDS)
@@ -469,40 +468,17 @@ class SqliteStore:
         db = self._db
         with self._writing:
             db.execute("BEGIN IMMEDIATE")
-            return self._in_transaction(
-                db, self._complete_and_claim, db, done, worker, queues, lease, limit
-            )
-
-    def _complete_all(
-        self, db: sqlite3.Connection, done: cabc.Sequence[tuple[str, str | None]], worker: str
-    ) -> builtins.list[bool]:
-        return [
-            self._own_in(db, "complete", job_id, worker, result=result) for job_id, result in done
-        ]
-
-    def _complete_and_claim(
-        self,
-        db: sqlite3.Connection,
-        done: cabc.Sequence[tuple[str, str | None]],
-        worker: str,
-        queues: cabc.Sequence[str] | None,
-        lease: float,
-        limit: int,
-    ) -> Batch:
-        completed = self._complete_all(db, done, worker)
-        return completed, self._claim(db, worker, queues, lease, limit)
-
-    def _in_transaction(
-        self, db: sqlite3.Connection, work: cabc.Callable[..., _T], *args: t.Any
-    ) -> _T:
-        """``work(*args)`` inside the transaction just begun: commit, or roll back."""
-        try:
-            done = work(*args)
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
-        return done
+            try:
+                completed = [
+                    self._own_in(db, "complete", job_id, worker, result=result)
+                    for job_id, result in done
+                ]
+                claimed = self._claim(db, worker, queues, lease, limit)
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+        return completed, claimed
 
     def recover(self, now: float) -> None:
         """Release overdue deferred jobs and jobs whose worker lost its lease."""
