@@ -28,6 +28,7 @@ from flask_afterward.jobs import State
 from flask_afterward.stores import open_store
 from flask_afterward.stores import sqlite as sqlite_module
 from flask_afterward.stores.memory import MemoryStore
+from flask_afterward.stores.sqlite import LOCK_SUFFIX
 from flask_afterward.stores.sqlite import SCHEMA_VERSION
 from flask_afterward.stores.sqlite import SqliteStore
 
@@ -139,13 +140,22 @@ def test_a_file_that_is_not_sqlite_is_refused_at_open(path: str) -> None:
     assert pathlib.Path(path).read_bytes() == content  # and it is not touched
 
 
-def test_a_missing_folder_is_created(tmp_path: pathlib.Path) -> None:
+def test_a_missing_folder_is_created_with_the_lock_file_in_it(
+    tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A new app's instance folder does not exist yet when the store first opens.
     path = tmp_path / "a" / "b" / "jobs.sqlite3"
 
     store = SqliteStore(str(path))
-    store.close()
+    try:
+        assert store._local.write_lock.fd is not None  # writers queue on the lock file
+        store.enqueue(make())
+    finally:
+        store.close()
 
     assert path.is_file()
+    assert pathlib.Path(str(path) + LOCK_SUFFIX).is_file()
+    assert "lock file" not in caplog.text
 
 
 # -- The connection recipe -----------------------------------------------------------

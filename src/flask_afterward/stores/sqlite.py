@@ -201,9 +201,6 @@ class SqliteStore:
     # connections
 
     def _connect(self) -> sqlite3.Connection:
-        folder = os.path.dirname(self.path)
-        if folder:
-            os.makedirs(folder, exist_ok=True)
         with self._local.write_lock:
             return self._set_up(
                 sqlite3.connect(
@@ -259,6 +256,10 @@ class SqliteStore:
         connection: sqlite3.Connection | None = getattr(self._local, "connection", None)
         if connection is None:
             local = self._local
+            folder = os.path.dirname(self.path)
+            if folder:
+                # Before the lock file, which lives in it (a new app's instance folder).
+                os.makedirs(folder, exist_ok=True)
             local.write_lock = _WriteLock(self.lock_path)
             try:
                 connection = local.connection = self._connect()
