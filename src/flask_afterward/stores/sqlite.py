@@ -13,9 +13,8 @@ take SQLite's write lock, and new connections set themselves up under it (see
 
 Durability: ``synchronous=NORMAL`` by default (in WAL mode a commit survives a crash of
 the process; a power loss may lose the last commits). Add ``?synchronous=FULL`` to the
-URL to survive power loss too, at the cost of an fsync per commit, except where a sync
-buys nothing or can wait (see :meth:`SqliteStore.claim` and
-:meth:`SqliteStore.complete_and_claim_many`).
+URL to survive power loss too, at the cost of an fsync per commit; a busy worker makes
+one commit per batch of jobs (:meth:`SqliteStore.complete_and_claim_many`).
 """
 
 from __future__ import annotations
@@ -183,8 +182,6 @@ class SqliteStore:
         self.defer_grace = defer_grace
         self.synchronous = synchronous.upper()
         self.busy_timeout = busy_timeout
-        #: FULL or EXTRA: every commit waits for the disk
-        self._is_synced = self.synchronous in ("FULL", "EXTRA")
         self._local = threading.local()
         self._next_recovery = 0.0
         self._all_connections: list[sqlite3.Connection] = []
@@ -221,7 +218,7 @@ class SqliteStore:
             connection.execute(f"PRAGMA page_size={PAGE_SIZE}")
             connection.execute("PRAGMA journal_mode=WAL")
             connection.execute(f"PRAGMA synchronous={self.synchronous}")
-            if not self._is_synced:
+            if self.synchronous not in ("FULL", "EXTRA"):
                 # At NORMAL the checkpoint's fsyncs are most of a writer's waits for the
                 # disk, and a checkpoint copies a page once however many commits changed
                 # it: fewer, larger ones (a WAL of up to ~20 MB) made enqueue ~15% faster.
@@ -505,8 +502,7 @@ class SqliteStore:
     def _own(self, query: str, job_id: str, worker: str, **params: object) -> bool:
         db = self._db
         with self._writing:
-            is_ours = self._own_in(db, query, job_id, worker, **params)
-        return is_ours
+            return self._own_in(db, query, job_id, worker, **params)
 
     def extend_lease(self, job_id: str, worker: str, lease: float) -> bool:
         return self._own("extend_lease", job_id, worker, lease=lease)
