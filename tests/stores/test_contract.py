@@ -963,13 +963,15 @@ def test_complete_stores_the_result_and_ends_the_lease(queue_store: QueueStore) 
     assert queue_store.claim("w1", None, LEASE) is None
 
 
-def test_complete_and_claim_records_the_success_and_takes_the_next_job(
+def test_complete_and_claim_many_records_the_success_and_takes_the_next_job(
     queue_store: QueueStore,
 ) -> None:
     first = running(queue_store)
     second = queue_store.enqueue(make())
 
-    is_completed, claimed = queue_store.complete_and_claim(first.id, "w1", "7", None, LEASE)
+    [is_completed], [claimed] = queue_store.complete_and_claim_many(
+        [(first.id, "7")], "w1", None, LEASE, 1
+    )
 
     assert is_completed is True
     done = queue_store.get(first.id)
@@ -978,23 +980,28 @@ def test_complete_and_claim_records_the_success_and_takes_the_next_job(
     assert claimed.state == State.RUNNING and claimed.worker == "w1"
 
 
-def test_complete_and_claim_completes_even_when_nothing_is_left_to_claim(
+def test_complete_and_claim_many_completes_even_when_nothing_is_left_to_claim(
     queue_store: QueueStore,
 ) -> None:
     only = running(queue_store)
 
-    assert queue_store.complete_and_claim(only.id, "w1", None, None, LEASE) == (True, None)
+    assert queue_store.complete_and_claim_many([(only.id, None)], "w1", None, LEASE, 1) == (
+        [True],
+        [],
+    )
     done = queue_store.get(only.id)
     assert done is not None and done.state == State.SUCCEEDED
 
 
-def test_complete_and_claim_by_another_worker_changes_only_the_claim(
+def test_complete_and_claim_many_by_another_worker_changes_only_the_claim(
     queue_store: QueueStore,
 ) -> None:
     held = running(queue_store, worker="w1")
     waiting = queue_store.enqueue(make())
 
-    is_completed, claimed = queue_store.complete_and_claim(held.id, "w2", "1", None, LEASE)
+    [is_completed], [claimed] = queue_store.complete_and_claim_many(
+        [(held.id, "1")], "w2", None, LEASE, 1
+    )
 
     assert is_completed is False
     still = queue_store.get(held.id)

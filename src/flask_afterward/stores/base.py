@@ -154,19 +154,6 @@ class QueueStore(Store, t.Protocol):
         """running → succeeded, with the JSON ``result`` and progress 1.0."""
         ...
 
-    def complete_and_claim(
-        self,
-        job_id: str,
-        worker: str,
-        result: str | None,
-        queues: cabc.Sequence[str] | None,
-        lease: float,
-    ) -> tuple[bool, JobRecord | None]:
-        """:meth:`complete`, then :meth:`claim`, in one transaction where the store has
-        them: a busy worker commits once per job instead of twice. Returns what each
-        of the two would have returned."""
-        ...
-
     def complete_and_claim_many(
         self,
         done: cabc.Sequence[tuple[str, str | None]],

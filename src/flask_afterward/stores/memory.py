@@ -249,17 +249,6 @@ class MemoryStore:
             lease_until=None,
         )
 
-    def complete_and_claim(
-        self,
-        job_id: str,
-        worker: str,
-        result: str | None,
-        queues: cabc.Sequence[str] | None,
-        lease: float,
-    ) -> tuple[bool, JobRecord | None]:
-        # Nothing to save by sharing a transaction here: two steps, same outcome.
-        return self.complete(job_id, worker, result), self.claim(worker, queues, lease)
-
     def complete_and_claim_many(
         self,
         done: cabc.Sequence[tuple[str, str | None]],

@@ -437,19 +437,6 @@ class SqliteStore:
             records.sort(key=_claim_order)
         return records
 
-    def complete_and_claim(
-        self,
-        job_id: str,
-        worker: str,
-        result: str | None,
-        queues: cabc.Sequence[str] | None,
-        lease: float,
-    ) -> tuple[bool, JobRecord | None]:
-        completed, claimed = self.complete_and_claim_many(
-            [(job_id, result)], worker, queues, lease, 1
-        )
-        return completed[0], claimed[0] if claimed else None
-
     def complete_and_claim_many(
         self,
         done: cabc.Sequence[tuple[str, str | None]],
