@@ -236,7 +236,7 @@ class CallbackRunner:
         if not calls:
             return
         if request_context is None or app_context is None:
-            context = CapturedContext(self.app, None, None, {})
+            context = CapturedContext(self.app, None, None, {}, None)
         else:
             # Now, inside close(): the server may reuse the environ once it returns.
             context = CapturedContext.of(app_context, request_context)

@@ -43,14 +43,14 @@ class CapturedContext(t.NamedTuple):
     session: SessionMixin | None
     g_data: dict[str, t.Any]
     #: the request's own context, which Flask is done with by the time we enter it
-    request_context: RequestContext | None = None
+    request_context: RequestContext | None
 
     @classmethod
     def capture(cls) -> CapturedContext:
         """Snapshot the active context. Needs an app context; a request one is optional."""
         app_context: AppContext = app_ctx._get_current_object()  # type: ignore[attr-defined]
         if not has_request_context():
-            return cls(app_context.app, None, None, dict(vars(app_context.g)))
+            return cls(app_context.app, None, None, dict(vars(app_context.g)), None)
         return cls.of(app_context, request_ctx._get_current_object())  # type: ignore[attr-defined]
 
     @classmethod
@@ -86,8 +86,10 @@ class Entered:
         self._app_context: AppContext = captured.app.app_context()
         vars(self._app_context.g).update(captured.g_data)
         self._request_context: RequestContext | None = None
-        if captured.request is not None:
-            self._request_context = _ReenteredRequestContext(captured)
+        if captured.request is not None and captured.request_context is not None:
+            self._request_context = _ReenteredRequestContext(
+                captured.request_context, captured.request
+            )
 
     def __enter__(self) -> None:
         self._app_context.push()
@@ -120,17 +122,11 @@ class _ReenteredRequestContext(RequestContext):
     pop after a view does.
     """
 
-    def __init__(self, captured: CapturedContext) -> None:
+    def __init__(self, original: RequestContext, request: Request) -> None:
         # Not super().__init__(): that builds what we copy here. The URL adapter,
         # session and flashes are the request's; the per-push state is our own.
-        original = captured.request_context
-        if original is None:
-            assert captured.request is not None
-            original = RequestContext(
-                captured.app, captured.request.environ, captured.request, captured.session
-            )
         vars(self).update(vars(original))
-        self.request = t.cast("Request", captured.request)
+        self.request = request
         self._after_request_functions = []
         self._cv_tokens = []
 
