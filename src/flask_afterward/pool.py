@@ -120,6 +120,10 @@ class CallbackPool:
                 self._wake_if_needed(now)
         return True
 
+    def _is_stalled(self, now: float) -> bool:
+        """Whether the oldest queued unit has waited ``STALL_LIMIT``; needs work queued."""
+        return now - self._work[0][2] > STALL_LIMIT
+
     def _wake_if_needed(self, now: float) -> None:
         """Wake a waiting thread if the queued work has nobody to take or watch it.
 
@@ -127,7 +131,7 @@ class CallbackPool:
         callback without a standby; and work queued too long needs taking now.
         """
         if self._waiting and (
-            not self._has_collector or not self._has_standby or now - self._work[0][2] > STALL_LIMIT
+            not self._has_collector or not self._has_standby or self._is_stalled(now)
         ):
             self._has_work.notify()
 
@@ -177,7 +181,7 @@ class CallbackPool:
                 is_collector
                 or not self._has_collector
                 or self._is_closed
-                or time.monotonic() - work[0][2] > STALL_LIMIT
+                or self._is_stalled(time.monotonic())
             ):
                 item = work.popleft()
                 self._running += 1
