@@ -168,13 +168,18 @@ def current_request_callbacks() -> RequestCallbacks:
     return callbacks
 
 
+def _existing_callbacks() -> tuple[RequestContext, RequestCallbacks | None]:
+    """The active request context, and its :class:`RequestCallbacks` if it has any."""
+    context: RequestContext = request_ctx._get_current_object()  # type: ignore[attr-defined]
+    return context, context.request.environ.get(ENVIRON_KEY)
+
+
 def remember_contexts(sender: Flask, **extra: object) -> None:
     """``request_started`` receiver, while there are ``after_response`` hooks.
 
     Their request may add no callback of its own, yet the hooks run in its context.
     """
-    context: RequestContext = request_ctx._get_current_object()  # type: ignore[attr-defined]
-    callbacks: RequestCallbacks | None = context.request.environ.get(ENVIRON_KEY)
+    context, callbacks = _existing_callbacks()
     if callbacks is not None:
         callbacks.remember(context)
 
@@ -185,8 +190,7 @@ def record_unhandled_error(sender: Flask, exception: BaseException, **extra: obj
     Flask sends it for exceptions no error handler dealt with, exactly those it also
     passes to teardown; handled ones (``abort(404)``, an ``errorhandler``) keep them.
     """
-    context: RequestContext = request_ctx._get_current_object()  # type: ignore[attr-defined]
-    callbacks: RequestCallbacks | None = context.request.environ.get(ENVIRON_KEY)
+    _, callbacks = _existing_callbacks()
     if callbacks is not None and callbacks.error is None:
         callbacks.error = exception
 
