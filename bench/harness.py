@@ -109,6 +109,18 @@ class Server:
         self.stop()
 
 
+def gunicorns(
+    stack: contextlib.ExitStack, apps: cabc.Iterable[str], workdir: pathlib.Path
+) -> dict[str, Server]:
+    """One started gunicorn (:func:`gunicorn`) per app variant, each in its own folder
+    below ``workdir``; ``stack`` stops them."""
+    servers = {}
+    for app in apps:
+        port = free_port()
+        servers[app] = stack.enter_context(Server(gunicorn(port), app, port, workdir / app))
+    return servers
+
+
 def stop_group(process: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
     """SIGTERM the process group, wait, then SIGKILL whatever is left of it."""
     with contextlib.suppress(ProcessLookupError):

@@ -75,11 +75,7 @@ def measure(workdir: pathlib.Path) -> tuple[Series, Series, Series]:
     cpu: Series = {name: [] for name in names}
     switches: Series = {name: [] for name in names}
     with contextlib.ExitStack() as stack:
-        servers = {}
-        for name in names:
-            port = harness.free_port()
-            server = harness.Server(harness.gunicorn(port), name, port, workdir / name)
-            servers[name] = stack.enter_context(server)
+        servers = harness.gunicorns(stack, names, workdir)
         for server in servers.values():
             wrk(server.port, 1)  # warm up: imports, first-request work, CPU caches
         for number in range(ROUNDS):

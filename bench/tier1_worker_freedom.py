@@ -49,11 +49,7 @@ def measure(workdir: pathlib.Path) -> tuple[dict[str, list[float]], dict[str, in
     names = [name for name, _ in VARIANTS]
     totals: dict[str, list[float]] = {name: [] for name in names}
     with contextlib.ExitStack() as stack:
-        servers = {}
-        for name in names:
-            port = harness.free_port()
-            server = harness.Server(harness.gunicorn(port), name, port, workdir / name)
-            servers[name] = stack.enter_context(server)
+        servers = harness.gunicorns(stack, names, workdir)
         # The readiness probe deferred work too: wait for it, and count from there.
         before = {
             name: harness.count_effects(servers[name].workdir, 1, timeout=10) if name != NONE else 0
