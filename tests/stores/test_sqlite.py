@@ -28,7 +28,6 @@ from flask_afterward.jobs import State
 from flask_afterward.stores import open_store
 from flask_afterward.stores import sqlite as sqlite_module
 from flask_afterward.stores.memory import MemoryStore
-from flask_afterward.stores.sqlite import LOCK_SUFFIX
 from flask_afterward.stores.sqlite import SCHEMA_VERSION
 from flask_afterward.stores.sqlite import SqliteStore
 
@@ -154,7 +153,7 @@ def test_a_missing_folder_is_created_with_the_lock_file_in_it(
         store.close()
 
     assert path.is_file()
-    assert pathlib.Path(str(path) + LOCK_SUFFIX).is_file()
+    assert pathlib.Path(str(path) + sqlite_module.LOCK_SUFFIX).is_file()
     assert "lock file" not in caplog.text
 
 
@@ -224,18 +223,23 @@ def test_a_new_file_uses_the_store_page_size(store: SqliteStore, path: str) -> N
     assert pragma(path, "page_size") == sqlite_module.PAGE_SIZE
 
 
-def test_an_existing_file_keeps_its_page_size(path: str) -> None:
-    connection = sqlite3.connect(path)
-    connection.execute("PRAGMA page_size = 4096")
-    connection.execute("CREATE TABLE other (x)")
-    connection.close()
-
+def assert_a_new_store_works(path: str) -> None:
+    """Open a store on ``path``, write a job and read it back."""
     store = SqliteStore(path)
     try:
         record = store.enqueue(make())
         assert store.get(record.id) == record
     finally:
         store.close()
+
+
+def test_an_existing_file_keeps_its_page_size(path: str) -> None:
+    connection = sqlite3.connect(path)
+    connection.execute("PRAGMA page_size = 4096")
+    connection.execute("CREATE TABLE other (x)")
+    connection.close()
+
+    assert_a_new_store_works(path)
     assert pragma(path, "page_size") == 4096
 
 
@@ -506,12 +510,7 @@ def test_a_process_killed_holding_the_lock_file_does_not_block_the_others(path: 
         holder.communicate()
 
     # then the kernel released its lock: the store opens and works.
-    store = SqliteStore(path)
-    try:
-        record = store.enqueue(make())
-        assert store.get(record.id) == record
-    finally:
-        store.close()
+    assert_a_new_store_works(path)
 
 
 #: Holds the lock file for a write while it forks; the child lives on, the parent is
