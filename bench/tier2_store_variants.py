@@ -29,9 +29,9 @@ import tempfile
 import threading
 import time
 
-from flask_afterward.jobs import JobRecord
-from flask_afterward.jobs import new_job_id
-from flask_afterward.jobs import State
+from flask_afterward.records import JobRecord
+from flask_afterward.records import new_job_id
+from flask_afterward.records import State
 from flask_afterward.stores.sqlite import SqliteStore
 
 BATCH = 32

@@ -23,9 +23,9 @@ from click.testing import Result
 from flask import Flask
 
 from flask_afterward.config import EXTENSION_KEY
-from flask_afterward.jobs import JobRecord
-from flask_afterward.jobs import new_job_id
-from flask_afterward.jobs import State
+from flask_afterward.records import JobRecord
+from flask_afterward.records import new_job_id
+from flask_afterward.records import State
 from flask_afterward.supervisor import MIN_UPTIME
 from tests.apps import jobs
 from tests.apps.jobs_processes import children_of

@@ -15,8 +15,8 @@ from flask_afterward import State
 from flask_afterward.errors import JobCancelled
 from flask_afterward.errors import JobFailed
 from flask_afterward.errors import SerializationError
-from flask_afterward.jobs import JobRecord
-from flask_afterward.jobs import new_job_id
+from flask_afterward.records import JobRecord
+from flask_afterward.records import new_job_id
 from flask_afterward.signals import job_finished
 from flask_afterward.signals import job_started
 from tests.tier2 import STORE_IDS

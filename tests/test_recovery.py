@@ -20,10 +20,10 @@ import time
 import pytest
 from flask import Flask
 
-from flask_afterward.jobs import JobRecord
-from flask_afterward.jobs import new_job_id
-from flask_afterward.jobs import State
-from flask_afterward.jobs import TERMINAL
+from flask_afterward.records import JobRecord
+from flask_afterward.records import new_job_id
+from flask_afterward.records import State
+from flask_afterward.records import TERMINAL
 from tests.apps import jobs
 from tests.apps.jobs_processes import Processes
 from tests.apps.jobs_processes import store_url

@@ -39,7 +39,7 @@ from flask_afterward import State
 from flask_afterward import views
 from flask_afterward.errors import ConfigurationError
 from flask_afterward.errors import JobCancelled
-from flask_afterward.jobs import JobRecord
+from flask_afterward.records import JobRecord
 from flask_afterward.views import job_urls
 from tests.apps import accepted
 from tests.apps.accepted import afterward

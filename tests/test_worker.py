@@ -33,9 +33,9 @@ from flask_afterward import State
 from flask_afterward import worker as worker_module
 from flask_afterward.errors import JobFailed
 from flask_afterward.errors import JobTimeout
-from flask_afterward.jobs import error_summary
-from flask_afterward.jobs import JobRecord
-from flask_afterward.jobs import new_job_id
+from flask_afterward.records import error_summary
+from flask_afterward.records import JobRecord
+from flask_afterward.records import new_job_id
 from flask_afterward.signals import job_enqueued
 from flask_afterward.signals import job_finished
 from flask_afterward.signals import job_started

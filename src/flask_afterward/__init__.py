@@ -8,7 +8,7 @@ from .extension import Afterward as Afterward
 from .jobs import current_job as current_job
 from .jobs import Job as Job
 from .jobs import progress as progress
-from .jobs import State as State
+from .records import State as State
 from .tasks import Task as Task
 
 __all__ = [

@@ -28,9 +28,9 @@ from flask.cli import AppGroup
 from flask.cli import ScriptInfo
 
 from .config import EXTENSION_KEY
-from .jobs import JobRecord
-from .jobs import State
-from .jobs import TERMINAL
+from .records import JobRecord
+from .records import State
+from .records import TERMINAL
 from .stores.base import QueueStore
 from .supervisor import run_workers
 from .supervisor import Supervisor

@@ -42,7 +42,7 @@ if t.TYPE_CHECKING:
     from flask import Flask
     from flask import Response
 
-    from .jobs import JobRecord
+    from .records import JobRecord
 
 #: Headers stored as secrets and wiped when the job finishes.
 SECRET_HEADERS: t.Final = frozenset({"cookie", "authorization", "proxy-authorization"})

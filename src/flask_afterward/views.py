@@ -30,11 +30,11 @@ from flask import url_for
 from . import serializers
 from .config import EXTENSION_KEY
 from .errors import ConfigurationError
-from .jobs import error_summary
 from .jobs import Job
-from .jobs import JobRecord
-from .jobs import State
-from .jobs import TERMINAL
+from .records import error_summary
+from .records import JobRecord
+from .records import State
+from .records import TERMINAL
 from .replay import decode_response
 
 if t.TYPE_CHECKING:

@@ -39,12 +39,12 @@ from . import serializers
 from .errors import JobCancelled
 from .errors import JobTimeout
 from .errors import SerializationError
-from .jobs import format_error
 from .jobs import Job
-from .jobs import JobRecord
 from .jobs import reset_current
 from .jobs import RunningJob
 from .jobs import set_current
+from .records import format_error
+from .records import JobRecord
 from .signals import job_finished
 from .signals import job_started
 from .tasks import call_task

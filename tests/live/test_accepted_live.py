@@ -18,7 +18,7 @@ import typing as t
 import pytest
 import requests
 
-from flask_afterward.jobs import JobRecord
+from flask_afterward.records import JobRecord
 from flask_afterward.stores.sqlite import SqliteStore
 from tests.apps import accepted
 from tests.live.server import LiveServer

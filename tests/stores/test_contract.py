@@ -26,9 +26,9 @@ import typing as t
 
 import pytest
 
-from flask_afterward.jobs import JobRecord
-from flask_afterward.jobs import new_job_id
-from flask_afterward.jobs import State
+from flask_afterward.records import JobRecord
+from flask_afterward.records import new_job_id
+from flask_afterward.records import State
 from flask_afterward.stores.base import LOST_ERROR
 from flask_afterward.stores.base import LOST_WORKER_ATTEMPTS
 from flask_afterward.stores.base import QueueStore

@@ -24,7 +24,7 @@ import pytest
 
 from flask_afterward.config import Settings
 from flask_afterward.errors import ConfigurationError
-from flask_afterward.jobs import State
+from flask_afterward.records import State
 from flask_afterward.stores import open_store
 from flask_afterward.stores import sqlite as sqlite_module
 from flask_afterward.stores.memory import MemoryStore
@@ -443,7 +443,9 @@ def test_processes_claiming_from_one_file_get_each_job_exactly_once(
 #: Run by each opening process: wait for "go", then open the store and enqueue a job.
 OPENER = """
 import sys
-from flask_afterward.jobs import JobRecord, State, new_job_id
+from flask_afterward.records import JobRecord
+from flask_afterward.records import State
+from flask_afterward.records import new_job_id
 from flask_afterward.stores.sqlite import SqliteStore
 
 print("ready", flush=True)
@@ -602,7 +604,9 @@ def test_a_deleted_lock_file_is_made_again_by_the_next_connection(store: SqliteS
 #: Run by the process that gets killed: enqueue, claim one job, then hang.
 VICTIM = """
 import sys
-from flask_afterward.jobs import JobRecord, State, new_job_id
+from flask_afterward.records import JobRecord
+from flask_afterward.records import State
+from flask_afterward.records import new_job_id
 from flask_afterward.stores.sqlite import SqliteStore
 
 store = SqliteStore(sys.argv[1])

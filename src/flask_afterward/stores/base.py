@@ -20,8 +20,8 @@ import collections.abc as cabc
 import dataclasses
 import typing as t
 
-from ..jobs import JobRecord
-from ..jobs import State
+from ..records import JobRecord
+from ..records import State
 
 #: Extra attempts a job gets when its worker vanished (lease expired), beyond its
 #: retries: a crash is not the job's fault, but a job that kills every worker that

@@ -12,10 +12,11 @@ import collections.abc as cabc
 import threading
 import time
 
-from ..jobs import ACTIVE
-from ..jobs import JobRecord
-from ..jobs import State
-from ..jobs import TERMINAL
+from ..records import ACTIVE
+from ..records import claim_order
+from ..records import JobRecord
+from ..records import State
+from ..records import TERMINAL
 from .base import Batch
 from .base import LOST_ERROR
 from .base import LOST_WORKER_ATTEMPTS
@@ -176,7 +177,7 @@ class MemoryStore:
                     and record.run_at <= now
                     and (queues is None or record.queue in queues)
                     and not (is_fresh_only and record.attempts)
-                    and (best is None or _order(record) < _order(best))
+                    and (best is None or claim_order(record) < claim_order(best))
                 ):
                     best = record
             if best is None:
@@ -316,10 +317,6 @@ class MemoryStore:
                 return False
             self._jobs[job_id] = record.replace(progress=value, message=message)
             return record.is_cancel_requested
-
-
-def _order(record: JobRecord) -> tuple[int, float]:
-    return (-record.priority, record.run_at)
 
 
 def _is_expired(record: JobRecord, now: float) -> bool:

@@ -38,9 +38,9 @@ except ImportError:  # Windows: writers wait in SQLite's busy handler (LOCK_SUFF
     fcntl = None  # type: ignore[assignment]
 
 from ..errors import ConfigurationError
-from ..jobs import JobRecord
-from ..jobs import State
-from ..jobs import TERMINAL
+from ..records import JobRecord
+from ..records import State
+from ..records import TERMINAL
 from .base import Batch
 from .base import LOST_ERROR
 from .base import LOST_WORKER_ATTEMPTS
