@@ -55,7 +55,8 @@ def records(count: int) -> list[JobRecord]:
 
 def one_by_one(store: SqliteStore) -> int:
     done = 0
-    while (record := store.claim("w", None, 30.0)) is not None:
+    while records := store.complete_and_claim_many([], "w", None, 30.0, 1)[1]:
+        record = records[0]
         store.complete(record.id, "w", "null")
         done += 1
     return done

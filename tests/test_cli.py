@@ -32,6 +32,7 @@ from tests.apps.jobs_processes import children_of
 from tests.apps.jobs_processes import Processes
 from tests.apps.jobs_processes import store_url
 from tests.apps.jobs_processes import wait_until
+from tests.tier2 import claim
 from tests.tier2 import store_of
 
 Cli = cabc.Callable[..., Result]
@@ -324,7 +325,7 @@ def test_cancel_cancels_a_queued_job(app: Flask, cli: Cli) -> None:
 
 def test_cancel_asks_a_running_job_to_stop(app: Flask, cli: Cli) -> None:
     record = _add(app)
-    assert store_of(app).claim("a-worker", None, 60) is not None
+    assert claim(store_of(app), "a-worker", None, 60) is not None
 
     result = cli("cancel", record.id)
 

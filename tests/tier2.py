@@ -6,6 +6,7 @@ each module says which stores it runs against.
 
 from __future__ import annotations
 
+import collections.abc as cabc
 import threading
 import typing as t
 
@@ -13,6 +14,7 @@ from flask import Flask
 
 from flask_afterward import Afterward
 from flask_afterward.config import EXTENSION_KEY
+from flask_afterward.records import JobRecord
 from flask_afterward.stores.base import QueueStore
 from flask_afterward.worker import Worker
 from flask_afterward.worker import WorkerGroup
@@ -28,6 +30,13 @@ def store_of(app: Flask) -> QueueStore:
     store = app.extensions[EXTENSION_KEY].store
     assert isinstance(store, QueueStore)
     return store
+
+
+def claim(
+    store: QueueStore, worker: str, queues: cabc.Sequence[str] | None, lease: float
+) -> JobRecord | None:
+    """Claim the one best runnable job, as a worker's claim of a batch of one does."""
+    return next(iter(store.complete_and_claim_many([], worker, queues, lease, 1)[1]), None)
 
 
 def worker_for(app: Flask, afterward: Afterward, **options: t.Any) -> Worker:

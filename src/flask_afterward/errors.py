@@ -22,6 +22,14 @@ class ConfigurationError(AfterwardError, ValueError):
     """An ``AFTERWARD_*`` setting or an argument has a value that cannot be used."""
 
 
+class Unsupported(ConfigurationError):
+    """The store or executor cannot honour an option or a call.
+
+    The message names the option, the store and what to do instead; see the
+    capability table in ``docs/engines.rst``.
+    """
+
+
 class NotInitialized(AfterwardError, RuntimeError):
     """flask-afterward is not registered on the current app.
 
@@ -56,7 +64,3 @@ class JobCancelled(AfterwardError):
 
 class JobTimeout(AfterwardError, TimeoutError):
     """The job did not finish within the time given."""
-
-
-class MissingDependency(AfterwardError, ImportError):
-    """An optional dependency is not installed; the message names the extra to install."""

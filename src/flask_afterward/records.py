@@ -124,3 +124,29 @@ def claim_order(record: JobRecord) -> tuple[int, float]:
     ``ORDER BY priority DESC, run_at``; the contract suite keeps the two equal.
     """
     return (-record.priority, record.run_at)
+
+
+class Capability(enum.StrEnum):
+    """Something a store or an executor can honour; see ``docs/engines.rst``.
+
+    Stores and executors list theirs in a ``capabilities`` class attribute (as
+    Django's task backends say ``supports_defer``). A job gets only what both its
+    store and its executor have; a task option that needs a missing one is refused
+    at ``.options()`` or ``.delay()`` with :class:`~flask_afterward.errors.Unsupported`,
+    naming the option and the store, never dropped silently.
+    """
+
+    PRIORITY = "priority"  #: numeric ``priority=``, higher runs first
+    DELAY = "delay"  #: ``delay=`` / ``eta=`` of any length
+    UNIQUE = "unique"  #: ``unique=``: one active job per key, decided atomically
+    RESULT_TTL = "result_ttl"  #: a per-job ``result_ttl=``
+    RETRY = "retry"  #: ``retries=`` with back-off
+    TIMEOUT = "timeout"  #: ``timeout=`` per attempt
+    DEFER = "defer"  #: ``.after_response()``: held until the response is delivered
+    PROGRESS = "progress"  #: ``progress()`` recorded and readable
+    CANCEL_RUNNING = "cancel_running"  #: a running job can be stopped
+    LIST = "list"  #: jobs can be listed and counted (CLI, dashboard)
+
+
+#: Every capability: what the sqlite and memory stores have.
+ALL_CAPABILITIES: t.Final = frozenset(Capability)

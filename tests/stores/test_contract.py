@@ -26,6 +26,7 @@ import typing as t
 
 import pytest
 
+from flask_afterward.records import ALL_CAPABILITIES
 from flask_afterward.records import JobRecord
 from flask_afterward.records import new_job_id
 from flask_afterward.records import State
@@ -35,6 +36,7 @@ from flask_afterward.stores.base import QueueStore
 from flask_afterward.stores.base import Store
 from flask_afterward.stores.memory import MemoryStore
 from flask_afterward.stores.sqlite import SqliteStore
+from tests.tier2 import claim
 
 #: The defer grace every store under test is opened with.
 DEFER_GRACE = 60.0
@@ -105,14 +107,14 @@ def running(
 ) -> JobRecord:
     """Enqueue a job and claim it as ``worker``; the store must hold no other job."""
     record = store.enqueue(make(**fields))
-    claimed = store.claim(worker, None, lease)
+    claimed = claim(store, worker, None, lease)
     assert claimed is not None and claimed.id == record.id
     return claimed
 
 
 def lose_lease(store: QueueStore, worker: str) -> JobRecord:
     """Claim the only runnable job with a lease that is over at once, and recover it."""
-    claimed = store.claim(worker, None, 0.0)
+    claimed = claim(store, worker, None, 0.0)
     assert claimed is not None
     store.recover(time.time())
     return claimed
@@ -319,7 +321,7 @@ def test_cancelled_job_is_never_claimed(queue_store: QueueStore) -> None:
     record = queue_store.enqueue(make())
     queue_store.cancel(record.id)
 
-    assert queue_store.claim("w1", None, LEASE) is None
+    assert claim(queue_store, "w1", None, LEASE) is None
 
 
 def test_cancel_of_a_running_job_only_requests_it(queue_store: QueueStore) -> None:
@@ -397,11 +399,11 @@ def test_release_deferred_makes_deferred_jobs_queued(store: Store) -> None:
 
 def test_released_job_becomes_claimable(queue_store: QueueStore) -> None:
     record = queue_store.enqueue(make(state=State.DEFERRED))
-    assert queue_store.claim("w1", None, LEASE) is None
+    assert claim(queue_store, "w1", None, LEASE) is None
 
     queue_store.release_deferred([record.id])
 
-    claimed = queue_store.claim("w1", None, LEASE)
+    claimed = claim(queue_store, "w1", None, LEASE)
     assert claimed is not None and claimed.id == record.id
 
 
@@ -460,7 +462,7 @@ def test_retry_of_a_failed_job_queues_it_as_new(queue_store: QueueStore) -> None
         claimed.payload,
         claimed.max_retries,
     )
-    again = queue_store.claim("w2", None, LEASE)
+    again = claim(queue_store, "w2", None, LEASE)
     assert again is not None and again.id == claimed.id and again.attempts == 1
 
 
@@ -639,7 +641,7 @@ def test_claim_takes_the_highest_priority_then_the_oldest_run_at(
     low_new = queue_store.enqueue(make(priority=0, run_at=now - 2))
     negative = queue_store.enqueue(make(priority=-1, run_at=now - 1000))
 
-    order = [queue_store.claim("w1", None, LEASE) for _ in range(5)]
+    order = [claim(queue_store, "w1", None, LEASE) for _ in range(5)]
 
     assert [r.id if r else None for r in order] == [
         high_old.id,
@@ -648,14 +650,14 @@ def test_claim_takes_the_highest_priority_then_the_oldest_run_at(
         low_new.id,
         negative.id,
     ]
-    assert queue_store.claim("w1", None, LEASE) is None
+    assert claim(queue_store, "w1", None, LEASE) is None
 
 
 def test_claim_marks_the_job_running_under_a_lease(queue_store: QueueStore) -> None:
     record = queue_store.enqueue(make(attempts=0))
     before = time.time()
 
-    claimed = queue_store.claim("w1", None, 30.0)
+    claimed = claim(queue_store, "w1", None, 30.0)
 
     after = time.time()
     assert claimed is not None and claimed.id == record.id
@@ -677,7 +679,7 @@ def test_claim_marks_the_job_running_under_a_lease(queue_store: QueueStore) -> N
 def test_claim_ignores_jobs_not_due_yet(queue_store: QueueStore) -> None:
     queue_store.enqueue(make(run_at=time.time() + 60))
 
-    assert queue_store.claim("w1", None, LEASE) is None
+    assert claim(queue_store, "w1", None, LEASE) is None
 
 
 def test_claim_ignores_deferred_jobs_within_their_grace(queue_store: QueueStore) -> None:
@@ -685,12 +687,12 @@ def test_claim_ignores_deferred_jobs_within_their_grace(queue_store: QueueStore)
 
     queue_store.recover(time.time())
 
-    assert queue_store.claim("w1", None, LEASE) is None
+    assert claim(queue_store, "w1", None, LEASE) is None
 
 
 def test_claim_of_an_empty_store_returns_none(queue_store: QueueStore) -> None:
-    assert queue_store.claim("w1", None, LEASE) is None
-    assert queue_store.claim("w1", ["default"], LEASE) is None
+    assert claim(queue_store, "w1", None, LEASE) is None
+    assert claim(queue_store, "w1", ["default"], LEASE) is None
 
 
 def test_claim_takes_only_from_the_queues_given(queue_store: QueueStore) -> None:
@@ -699,13 +701,13 @@ def test_claim_takes_only_from_the_queues_given(queue_store: QueueStore) -> None
     reports = queue_store.enqueue(make(queue="reports", priority=9, run_at=now - 1))
     default = queue_store.enqueue(make(run_at=now - 1000))
 
-    first = queue_store.claim("w1", ["mail", "nowhere"], LEASE)
+    first = claim(queue_store, "w1", ["mail", "nowhere"], LEASE)
     assert first is not None and first.id == mail.id
-    assert queue_store.claim("w1", ["mail"], LEASE) is None
+    assert claim(queue_store, "w1", ["mail"], LEASE) is None
     # Across several queues, priority then run_at still decide.
-    second = queue_store.claim("w1", ["default", "reports"], LEASE)
+    second = claim(queue_store, "w1", ["default", "reports"], LEASE)
     assert second is not None and second.id == reports.id
-    third = queue_store.claim("w1", None, LEASE)
+    third = claim(queue_store, "w1", None, LEASE)
     assert third is not None and third.id == default.id
 
 
@@ -714,9 +716,9 @@ def test_claim_never_returns_a_job_twice_while_its_lease_holds(
 ) -> None:
     record = queue_store.enqueue(make())
 
-    first = queue_store.claim("w1", None, LEASE)
+    first = claim(queue_store, "w1", None, LEASE)
     queue_store.recover(time.time())
-    second = queue_store.claim("w2", None, LEASE)
+    second = claim(queue_store, "w2", None, LEASE)
 
     assert first is not None and first.id == record.id
     assert second is None
@@ -733,7 +735,7 @@ def test_concurrent_claims_hand_out_each_job_once(queue_store: QueueStore) -> No
         mine = claimed.setdefault(worker, [])
         try:
             start.wait(timeout=10)
-            while (record := queue_store.claim(worker, None, LEASE)) is not None:
+            while (record := claim(queue_store, worker, None, LEASE)) is not None:
                 mine.append(record.id)
                 assert queue_store.complete(record.id, worker, None)
         except BaseException as error:  # reported below, with the worker's name
@@ -767,7 +769,7 @@ def test_recover_releases_deferred_jobs_older_than_the_grace(queue_store: QueueS
 
     assert state_of(queue_store, stale.id) == State.QUEUED
     assert state_of(queue_store, fresh.id) == State.DEFERRED
-    claimed = queue_store.claim("w1", None, LEASE)
+    claimed = claim(queue_store, "w1", None, LEASE)
     assert claimed is not None and claimed.id == stale.id
 
 
@@ -776,7 +778,7 @@ def test_claim_recovers_on_its_own(queue_store: QueueStore) -> None:
     now = time.time()
     stale = queue_store.enqueue(make(state=State.DEFERRED, run_at=now - DEFER_GRACE - 1))
 
-    claimed = queue_store.claim("w1", None, LEASE)
+    claimed = claim(queue_store, "w1", None, LEASE)
 
     assert claimed is not None and claimed.id == stale.id
 
@@ -792,7 +794,7 @@ def test_expired_lease_makes_the_job_claimable_again(queue_store: QueueStore) ->
     assert requeued.worker is None and requeued.lease_until is None
     assert requeued.attempts == 1  # the lost attempt counts
     assert lost.started_at is not None and requeued.run_at >= lost.started_at
-    again = queue_store.claim("w2", None, LEASE)
+    again = claim(queue_store, "w2", None, LEASE)
     assert again is not None and again.id == record.id
     assert again.worker == "w2"
     assert again.attempts == 2
@@ -826,7 +828,7 @@ def test_job_that_loses_every_worker_is_failed_in_the_end(
     assert failed.error == LOST_ERROR
     assert failed.worker is None and failed.lease_until is None
     assert failed.finished_at is not None
-    assert queue_store.claim("w", None, LEASE) is None
+    assert claim(queue_store, "w", None, LEASE) is None
 
 
 # -- QueueStore: only the lease holder finishes an attempt ---------------------------
@@ -881,7 +883,7 @@ def test_worker_whose_lease_was_taken_over_cannot_touch_the_job(
     # Given w1 lost its lease and w2 took the job over,
     queue_store.enqueue(make(max_retries=3))
     lost = lose_lease(queue_store, "w1")
-    taken = queue_store.claim("w2", None, LEASE)
+    taken = claim(queue_store, "w2", None, LEASE)
     assert taken is not None and taken.id == lost.id
 
     # when w1 comes back and tries to finish its attempt,
@@ -960,7 +962,7 @@ def test_complete_stores_the_result_and_ends_the_lease(queue_store: QueueStore) 
     assert record.finished_at is not None and before <= record.finished_at <= time.time()
     assert record.worker is None and record.lease_until is None
     assert record.attempts == 1
-    assert queue_store.claim("w1", None, LEASE) is None
+    assert claim(queue_store, "w1", None, LEASE) is None
 
 
 def test_complete_and_claim_many_records_the_success_and_takes_the_next_job(
@@ -1014,7 +1016,7 @@ def test_complete_and_claim_many_records_every_success_then_claims_the_best_jobs
 ) -> None:
     first = running(queue_store)
     second = queue_store.enqueue(make())
-    claimed_second = queue_store.claim("w1", None, LEASE)
+    claimed_second = claim(queue_store, "w1", None, LEASE)
     assert claimed_second is not None and claimed_second.id == second.id
     low = queue_store.enqueue(make(priority=-1))
     old = queue_store.enqueue(make(run_at=time.time() - 60))
@@ -1067,7 +1069,7 @@ def test_complete_and_claim_many_takes_what_there_is_and_only_from_its_queues(
 def claimed_and_failed(queue_store: QueueStore, **fields: t.Any) -> JobRecord:
     """A job claimed once, failed, and runnable again (a retry): attempts is 1."""
     job = queue_store.enqueue(make(**fields))
-    held = queue_store.claim("w0", None, LEASE)
+    held = claim(queue_store, "w0", None, LEASE)
     assert held is not None and held.id == job.id
     assert queue_store.fail(job.id, "w0", "boom", retry_at=time.time() - 1)
     return job
@@ -1109,7 +1111,7 @@ def test_complete_and_claim_many_does_not_record_a_job_another_worker_holds(
 ) -> None:
     mine = running(queue_store, worker="w1")
     theirs = queue_store.enqueue(make())
-    assert queue_store.claim("w2", None, LEASE) is not None
+    assert claim(queue_store, "w2", None, LEASE) is not None
 
     completed, claimed = queue_store.complete_and_claim_many(
         [(theirs.id, "x"), (mine.id, "y")], "w1", None, LEASE, 8
@@ -1141,7 +1143,7 @@ def test_fail_without_retry_fails_the_job(queue_store: QueueStore) -> None:
     assert record.error == "builtins.ValueError: bad\nTraceback"
     assert record.finished_at is not None
     assert record.worker is None and record.lease_until is None
-    assert queue_store.claim("w1", None, LEASE) is None
+    assert claim(queue_store, "w1", None, LEASE) is None
 
 
 def test_fail_with_retry_at_queues_the_job_for_later(queue_store: QueueStore) -> None:
@@ -1158,14 +1160,14 @@ def test_fail_with_retry_at_queues_the_job_for_later(queue_store: QueueStore) ->
     assert record.attempts == 1
     assert record.finished_at is None
     assert record.worker is None and record.lease_until is None
-    assert queue_store.claim("w1", None, LEASE) is None
+    assert claim(queue_store, "w1", None, LEASE) is None
 
 
 def test_retry_attempt_is_claimed_once_due_and_counts(queue_store: QueueStore) -> None:
     claimed = running(queue_store, max_retries=3)
     queue_store.fail(claimed.id, "w1", "builtins.ValueError: bad", time.time() - 1)
 
-    again = queue_store.claim("w2", None, LEASE)
+    again = claim(queue_store, "w2", None, LEASE)
 
     assert again is not None and again.id == claimed.id
     assert again.attempts == 2
@@ -1183,7 +1185,7 @@ def test_requeue_gives_the_attempt_back(queue_store: QueueStore) -> None:
     assert record.attempts == 0
     assert record.worker is None and record.lease_until is None
     assert before <= record.run_at <= time.time()
-    again = queue_store.claim("w2", None, LEASE)
+    again = claim(queue_store, "w2", None, LEASE)
     assert again is not None and again.id == claimed.id and again.attempts == 1
 
 
@@ -1256,7 +1258,7 @@ def _lose_for_good(store: QueueStore, job_id: str, worker: str) -> bool:
     store.extend_lease(job_id, worker, 0.0)
     for attempt in range(LOST_WORKER_ATTEMPTS):
         store.recover(time.time())
-        assert store.claim(f"again{attempt}", None, 0.0) is not None
+        assert claim(store, f"again{attempt}", None, 0.0) is not None
     store.recover(time.time())
     return True
 
@@ -1314,3 +1316,50 @@ def test_a_lost_attempt_that_will_run_again_keeps_its_secrets(queue_store: Queue
     requeued = queue_store.get(record.id)
     assert requeued is not None
     assert requeued.state == State.QUEUED and requeued.secrets == SECRETS
+
+
+# -- Store: start (an executor handed a job id begins its attempt) --------------------
+
+
+def test_start_runs_a_queued_job_under_the_worker_whatever_its_run_at(store: Store) -> None:
+    # Given a job queued for an hour from now (an executor decides when it is due),
+    later = store.enqueue(make(run_at=time.time() + 3600))
+
+    started = store.start(later.id, "engine-1", LEASE)
+
+    assert started is not None
+    assert (started.state, started.worker, started.attempts) == (State.RUNNING, "engine-1", 1)
+    assert started.lease_until is not None and started.lease_until > time.time()
+    assert store.get(later.id) == started
+
+
+def test_start_of_the_same_id_twice_starts_it_once(store: Store) -> None:
+    record = store.enqueue(make())
+
+    first = store.start(record.id, "engine-1", LEASE)
+    second = store.start(record.id, "engine-2", LEASE)
+
+    assert first is not None and second is None
+    assert store.complete(record.id, "engine-2", "1") is False
+    assert store.complete(record.id, "engine-1", "1") is True
+    assert state_of(store, record.id) == State.SUCCEEDED
+
+
+@pytest.mark.parametrize("state", [State.DEFERRED, State.CANCELLED, State.SUCCEEDED])
+def test_start_refuses_a_job_that_is_not_queued(store: Store, state: State) -> None:
+    record = store.enqueue(make(state=state))
+
+    assert store.start(record.id, "engine-1", LEASE) is None
+    assert state_of(store, record.id) == state
+    assert store.start("no-such-job", "engine-1", LEASE) is None
+
+
+def test_stores_declare_their_capabilities_and_reach(tmp_path: pathlib.Path) -> None:
+    for name, factory in STORES.items():
+        opened = factory(tmp_path / name)
+        try:
+            assert opened.capabilities == ALL_CAPABILITIES, name
+            # Neither the process's memory nor one machine's file spans machines.
+            assert opened.is_shared_across_machines is False, name
+        finally:
+            opened.close()

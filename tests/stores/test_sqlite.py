@@ -30,6 +30,7 @@ from flask_afterward.stores import sqlite as sqlite_module
 from flask_afterward.stores.memory import MemoryStore
 from flask_afterward.stores.sqlite import SCHEMA_VERSION
 from flask_afterward.stores.sqlite import SqliteStore
+from tests.tier2 import claim
 
 from .test_contract import make
 
@@ -108,7 +109,7 @@ def test_a_version_1_file_is_migrated_and_keeps_its_jobs(path: str) -> None:
         record = store.get("old")
         assert record is not None
         assert (record.state, record.secrets) == (State.QUEUED, None)
-        claimed = store.claim("w1", None, 30.0)
+        claimed = claim(store, "w1", None, 30.0)
         assert claimed is not None and claimed.id == "old"
     finally:
         store.close()
@@ -206,7 +207,7 @@ def test_at_full_every_commit_syncs_batches_included(path: str) -> None:
         for _ in range(3):
             store.enqueue(make())
         store._db.set_trace_callback(statements.append)
-        claimed = store.claim("w1", None, 30.0)
+        claimed = claim(store, "w1", None, 30.0)
         assert claimed is not None
         done, more = store.complete_and_claim_many([(claimed.id, None)], "w1", None, 30.0, 8)
         assert done == [True] and len(more) == 2
@@ -248,14 +249,14 @@ def test_claim_recovers_at_most_once_per_interval(
 ) -> None:
     stale = {"state": State.DEFERRED, "run_at": time.time() - store.defer_grace - 1}
     monkeypatch.setattr(sqlite_module, "RECOVERY_INTERVAL", 3600.0)
-    assert store.claim("w1", None, 30.0) is None  # the first claim recovers
+    assert claim(store, "w1", None, 30.0) is None  # the first claim recovers
     first = store.enqueue(make(**stale))
 
-    assert store.claim("w1", None, 30.0) is None  # not again within the interval
+    assert claim(store, "w1", None, 30.0) is None  # not again within the interval
 
     monkeypatch.setattr(sqlite_module, "RECOVERY_INTERVAL", 0.0)
     store._next_recovery = 0.0
-    claimed = store.claim("w1", None, 30.0)
+    claimed = claim(store, "w1", None, 30.0)
     assert claimed is not None and claimed.id == first.id
 
 
@@ -349,7 +350,8 @@ print("ready", flush=True)
 sys.stdin.readline()
 claimed = []
 if mode == "one":
-    while (record := store.claim(worker, None, 300.0)) is not None:
+    while claimed_now := store.complete_and_claim_many([], worker, None, 300.0, 1)[1]:
+        record = claimed_now[0]
         if not store.complete(record.id, worker, None):
             raise SystemExit(f"{worker} lost job {record.id} it had just claimed")
         claimed.append(record.id)
@@ -612,7 +614,7 @@ from flask_afterward.stores.sqlite import SqliteStore
 store = SqliteStore(sys.argv[1])
 for n in range(50):
     store.enqueue(JobRecord(id=f"job-{n:02}", task="t", payload="{}", state=State.QUEUED))
-claimed = store.claim("victim", None, 0.0)
+claimed = store.complete_and_claim_many([], "victim", None, 0.0, 1)[1][0]
 print(claimed.id, flush=True)
 sys.stdin.readline()
 """
@@ -645,7 +647,7 @@ def test_kill_9_loses_no_committed_job_and_its_claim_is_recovered(
     # and once its lease is over, the job it was running runs again elsewhere.
     store.recover(time.time())
     seen = {}
-    while (record := store.claim("survivor", None, 30.0)) is not None:
+    while (record := claim(store, "survivor", None, 30.0)) is not None:
         seen[record.id] = record.attempts
     assert len(seen) == 50
     assert seen[running_id] == 2
@@ -686,6 +688,6 @@ def test_a_forked_child_gets_its_own_connection_and_the_parent_keeps_its(
     assert store.get(child_job) is not None
     after = store.enqueue(make())
     claimed = set()
-    while (record := store.claim("w1", None, 30.0)) is not None:
+    while (record := claim(store, "w1", None, 30.0)) is not None:
         claimed.add(record.id)
     assert claimed == {before.id, child_job, after.id}

@@ -1,10 +1,22 @@
-"""The seam between the API and where jobs live: the ``Store`` and ``QueueStore`` protocols.
+"""The store of record: the ``Store`` and ``QueueStore`` protocols, and their contract.
 
-Everything above this module is store-agnostic. :class:`Store` is what every store
-implements (Celery and RQ stores too: their engines run the jobs).
-:class:`QueueStore` adds what our own :class:`~flask_afterward.worker.Worker` needs to
-pull jobs, so "our worker on a Celery store" is a type error, not a runtime surprise.
-One contract suite (``tests/stores/test_contract.py``) runs against every store.
+A store is the *system of record* on every tier: job state, progress, results and
+their TTL, ``unique`` keys and secrets live there, and the ``Job`` handle, the HTTP API
+and the CLI read it. Who *runs* a job is another question, answered by an executor
+(``executors.py``): our worker threads, eager mode, and later Celery or RQ, which carry
+only the job id and record the attempt here through :meth:`Store.start` and the
+methods after it. So every store implements :class:`Store` whole, and the executors
+share one attempt runner (``runner.py``).
+
+:class:`QueueStore` adds what our own pull :class:`~flask_afterward.worker.Worker`
+needs: claim the next runnable jobs, and recover jobs stuck by a vanished process.
+
+Capabilities: a store lists what it honours in ``capabilities`` (see
+:class:`~flask_afterward.records.Capability`); sqlite and memory honour everything.
+``is_shared_across_machines`` says whether web and worker processes on *different*
+machines may use it: memory lives in one process and sqlite in one machine's file
+system (never on a network file system), so a multi-machine deployment needs a
+networked store of record (tier 3).
 
 Times are Unix timestamps (floats). Every method is atomic on its own and safe to call
 from several threads; stores that share a file across processes (sqlite) are safe
@@ -12,6 +24,11 @@ across processes too.
 
 A finished job never holds ``secrets``: every transition into succeeded, failed or
 cancelled wipes them, and a finished record given to ``enqueue`` is stored without.
+
+Only the lease holder (``worker``) may record an attempt: ``extend_lease``,
+``complete``, ``fail``, ``requeue``, ``mark_cancelled`` and ``set_progress`` return
+False, and change nothing, when the job is not running under that worker any more
+(its lease expired and another worker took it, or a timeout failed it).
 """
 
 from __future__ import annotations
@@ -20,6 +37,7 @@ import collections.abc as cabc
 import dataclasses
 import typing as t
 
+from ..records import Capability
 from ..records import JobRecord
 from ..records import State
 
@@ -52,7 +70,12 @@ class Stats:
 
 @t.runtime_checkable
 class Store(t.Protocol):
-    """Where jobs live."""
+    """Where jobs live: the system of record, whoever runs them."""
+
+    #: What this store honours; an option needing anything else is refused.
+    capabilities: t.ClassVar[frozenset[Capability]]
+    #: Whether processes on several machines may share it (see the module docs).
+    is_shared_across_machines: t.ClassVar[bool]
 
     def enqueue(self, record: JobRecord) -> JobRecord:
         """Store a new job and return what was stored.
@@ -107,42 +130,14 @@ class Store(t.Protocol):
         """Counts per queue and state, and jobs finished since ``since``."""
         ...
 
-    def close(self) -> None:
-        """Release connections. The store must not be used afterwards."""
-        ...
+    def start(self, job_id: str, worker: str, lease: float) -> JobRecord | None:
+        """Take this queued job for ``lease`` seconds: queued → running under
+        ``worker``, attempts + 1, whatever its ``run_at`` (the executor decided it is
+        due). None, and nothing changed, if it is not queued (unknown, expired,
+        deferred, cancelled, finished, or running under someone else).
 
-
-@t.runtime_checkable
-class QueueStore(Store, t.Protocol):
-    """A store our own worker pulls jobs from (sqlite, memory).
-
-    Only the lease holder (``worker``) may finish an attempt: ``complete``, ``fail``,
-    ``requeue`` and ``mark_cancelled`` return False, and change nothing, when the job
-    is not running under that worker any more (its lease expired and another worker
-    took it, or it was failed by a timeout).
-    """
-
-    def claim(
-        self, worker: str, queues: cabc.Sequence[str] | None, lease: float
-    ) -> JobRecord | None:
-        """Atomically take the next runnable job for ``lease`` seconds, or None.
-
-        Runnable: queued with ``run_at`` due, in one of ``queues`` (None: any), highest
-        priority first, then oldest ``run_at``. The job becomes running, its attempts
-        grow by one. Two claims never return the same job while its lease holds.
-        From time to time a claim also runs :meth:`recover`.
-        """
-        ...
-
-    def recover(self, now: float) -> None:
-        """Recover jobs stuck in a state by a vanished process, as of ``now``.
-
-        Deferred jobs whose ``run_at`` is older than the defer grace become queued
-        (their request process died before releasing them). Running jobs whose lease
-        ran out by ``now`` become queued, runnable at ``now`` (their worker died or
-        hung), or failed with :data:`LOST_ERROR` once they used
-        ``max_retries + 1 + LOST_WORKER_ATTEMPTS`` attempts. :meth:`claim` calls this
-        itself from time to time; call it directly to recover at once (the CLI, tests).
+        How an executor that is handed a job id (eager mode, Celery, RQ) begins an
+        attempt; a delivery of the same id twice starts it once.
         """
         ...
 
@@ -152,23 +147,6 @@ class QueueStore(Store, t.Protocol):
 
     def complete(self, job_id: str, worker: str, result: str | None) -> bool:
         """running → succeeded, with the JSON ``result`` and progress 1.0."""
-        ...
-
-    def complete_and_claim_many(
-        self,
-        done: cabc.Sequence[tuple[str, str | None]],
-        worker: str,
-        queues: cabc.Sequence[str] | None,
-        lease: float,
-        limit: int,
-    ) -> Batch:
-        """:meth:`complete` each ``(job_id, result)`` of ``done``, then :meth:`claim` up
-        to ``limit`` jobs (0: none), in one transaction where the store has them.
-
-        Returns what each :meth:`complete` returned, and the jobs claimed, best first
-        (the order successive claims would have returned them in). Each claimed job is
-        running under ``worker`` with the same lease, from now.
-        """
         ...
 
     def fail(self, job_id: str, worker: str, error: str, retry_at: float | None) -> bool:
@@ -186,4 +164,49 @@ class QueueStore(Store, t.Protocol):
     def set_progress(self, job_id: str, worker: str, value: float, message: str | None) -> bool:
         """Record progress of a job running under ``worker``. Returns True if a cancel
         was requested. A worker that lost the job changes nothing and gets False."""
+        ...
+
+    def close(self) -> None:
+        """Release connections. The store must not be used afterwards."""
+        ...
+
+
+@t.runtime_checkable
+class QueueStore(Store, t.Protocol):
+    """A store our own worker pulls jobs from (sqlite, memory)."""
+
+    def recover(self, now: float) -> None:
+        """Recover jobs stuck in a state by a vanished process, as of ``now``.
+
+        Deferred jobs whose ``run_at`` is older than the defer grace become queued
+        (their request process died before releasing them). Running jobs whose lease
+        ran out by ``now`` become queued, runnable at ``now`` (their worker died or
+        hung), or failed with :data:`LOST_ERROR` once they used
+        ``max_retries + 1 + LOST_WORKER_ATTEMPTS`` attempts. Claims run it
+        themselves from time to time; call it to recover at once (tests, a sweeper).
+        """
+        ...
+
+    def complete_and_claim_many(
+        self,
+        done: cabc.Sequence[tuple[str, str | None]],
+        worker: str,
+        queues: cabc.Sequence[str] | None,
+        lease: float,
+        limit: int,
+    ) -> Batch:
+        """:meth:`complete` each ``(job_id, result)`` of ``done``, then claim up to
+        ``limit`` runnable jobs (0: none), in one transaction where the store has them.
+
+        Runnable: queued with ``run_at`` due, in one of ``queues`` (None: any). The best
+        come first: highest priority, then oldest ``run_at``
+        (:func:`~flask_afterward.records.claim_order`). A claimed job becomes running
+        under ``worker`` for ``lease`` seconds from now, its attempts grow by one; two
+        claims never return the same job while its lease holds. A job claimed before
+        (a retry, a recovered one) is only ever claimed alone, so a job that kills its
+        worker cannot use up the attempts of jobs batched with it. From time to time
+        a claim also runs :meth:`recover`.
+
+        Returns what each :meth:`complete` returned, and the jobs claimed, best first.
+        """
         ...

@@ -11,8 +11,10 @@ import collections
 import collections.abc as cabc
 import threading
 import time
+import typing as t
 
 from ..records import ACTIVE
+from ..records import ALL_CAPABILITIES
 from ..records import claim_order
 from ..records import JobRecord
 from ..records import State
@@ -28,6 +30,9 @@ class MemoryStore:
 
     :param defer_grace: seconds after which a deferred job is released anyway.
     """
+
+    capabilities: t.ClassVar = ALL_CAPABILITIES
+    is_shared_across_machines: t.ClassVar = False
 
     def __init__(self, *, defer_grace: float = 60.0) -> None:
         self.defer_grace = defer_grace
@@ -151,12 +156,28 @@ class MemoryStore:
     def close(self) -> None:
         pass
 
-    # QueueStore
+    # Attempts
 
-    def claim(
-        self, worker: str, queues: cabc.Sequence[str] | None, lease: float
-    ) -> JobRecord | None:
-        return self._claim(worker, queues, lease, is_fresh_only=False)
+    def start(self, job_id: str, worker: str, lease: float) -> JobRecord | None:
+        with self._lock:
+            record = self._jobs.get(job_id)
+            if record is None or record.state != State.QUEUED:
+                return None
+            return self._start(record, worker, lease, time.time())
+
+    def _start(self, record: JobRecord, worker: str, lease: float, now: float) -> JobRecord:
+        """``record`` → running under ``worker``. Call with the lock held."""
+        started = record.replace(
+            state=State.RUNNING,
+            worker=worker,
+            lease_until=now + lease,
+            attempts=record.attempts + 1,
+            started_at=now,
+        )
+        self._jobs[started.id] = started
+        return started
+
+    # QueueStore
 
     def _claim(
         self,
@@ -182,15 +203,7 @@ class MemoryStore:
                     best = record
             if best is None:
                 return None
-            claimed = best.replace(
-                state=State.RUNNING,
-                worker=worker,
-                lease_until=now + lease,
-                attempts=best.attempts + 1,
-                started_at=now,
-            )
-            self._jobs[claimed.id] = claimed
-            return claimed
+            return self._start(best, worker, lease, now)
 
     def recover(self, now: float) -> None:
         with self._lock:
@@ -259,7 +272,7 @@ class MemoryStore:
         limit: int,
     ) -> Batch:
         completed = [self.complete(job_id, worker, result) for job_id, result in done]
-        first = self.claim(worker, queues, lease) if limit > 0 else None
+        first = self._claim(worker, queues, lease, is_fresh_only=False) if limit > 0 else None
         if first is None:
             return completed, []
         claimed = [first]

@@ -38,6 +38,8 @@ except ImportError:  # Windows: writers wait in SQLite's busy handler (LOCK_SUFF
     fcntl = None  # type: ignore[assignment]
 
 from ..errors import ConfigurationError
+from ..records import ALL_CAPABILITIES
+from ..records import claim_order
 from ..records import JobRecord
 from ..records import State
 from ..records import TERMINAL
@@ -143,11 +145,6 @@ class _WriteLock:
             self.fd = None
 
 
-def _claim_order(record: JobRecord) -> tuple[int, float]:
-    """Claims hand out the highest priority first, then the oldest ``run_at``."""
-    return (-record.priority, record.run_at)
-
-
 def _record(row: tuple[t.Any, ...]) -> JobRecord:
     values = dict(zip(_FIELDS, row, strict=True))
     values["state"] = State(values["state"])
@@ -163,6 +160,10 @@ class SqliteStore:
     :param synchronous: ``"NORMAL"`` (default) or ``"FULL"``.
     :param busy_timeout: seconds a writer waits for the lock before failing.
     """
+
+    capabilities: t.ClassVar = ALL_CAPABILITIES
+    #: One machine's file: never put it on a network file system.
+    is_shared_across_machines: t.ClassVar = False
 
     def __init__(
         self,
@@ -401,15 +402,16 @@ class SqliteStore:
         }
         return Stats(counts, finished)
 
-    # QueueStore
+    # Attempts
 
-    def claim(
-        self, worker: str, queues: cabc.Sequence[str] | None, lease: float
-    ) -> JobRecord | None:
+    def start(self, job_id: str, worker: str, lease: float) -> JobRecord | None:
+        params = {"id": job_id, "worker": worker, "now": time.time(), "lease": lease}
         db = self._db
         with self._writing:
-            claimed = self._claim(db, worker, queues, lease, 1)
-        return claimed[0] if claimed else None
+            rows = db.execute(_SQL["start"], params).fetchall()
+        return _record(rows[0]) if rows else None
+
+    # QueueStore
 
     def _claim(
         self,
@@ -434,7 +436,7 @@ class SqliteStore:
         # keeps no order: put the best job first again.
         records = [_record(row) for row in db.execute(query, params).fetchall()]
         if len(records) > 1:
-            records.sort(key=_claim_order)
+            records.sort(key=claim_order)
         return records
 
     def complete_and_claim_many(

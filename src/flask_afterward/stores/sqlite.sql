@@ -187,6 +187,13 @@ WHERE id IN (SELECT id FROM candidates)
 AND (id = (SELECT id FROM first) OR attempts = 0 AND (SELECT attempts FROM first) = 0)
 RETURNING {columns};
 
+-- start --
+UPDATE afterward_jobs
+SET state = 'running', worker = :worker, lease_until = :now + :lease,
+    attempts = attempts + 1, started_at = :now
+WHERE id = :id AND state = 'queued'
+RETURNING {columns};
+
 -- release_overdue_deferred --
 UPDATE afterward_jobs SET state = 'queued'
 WHERE state = 'deferred' AND run_at <= :cutoff;
