@@ -104,7 +104,7 @@ def _worker_threads() -> set[threading.Thread]:
         thread
         for thread in threading.enumerate()
         if thread.name.startswith("flask-afterward-worker-")
-        and not thread.name.endswith("-supervisor")
+        and not thread.name.endswith("-monitor")
     }
 
 

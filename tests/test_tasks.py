@@ -43,8 +43,8 @@ def test_bare_decorator_names_the_task_after_its_function(afterward: Afterward) 
 
     assert add.name == f"{__name__}.{add.fn.__qualname__}"
     assert afterward.tasks[add.name] is add
-    assert add.config.queue == "default"
-    assert add.config.retries == 0
+    assert add.defaults.queue == "default"
+    assert add.defaults.retries == 0
 
 
 def test_decorator_options_become_the_defaults_of_every_job(
@@ -149,14 +149,14 @@ def test_options_returns_a_configured_copy_and_leaves_the_original_alone(
 
     assert urgent is not send
     assert urgent.name == send.name
-    assert (urgent.config.queue, urgent.config.priority) == ("urgent", 5)
-    assert (urgent.config.retries, urgent.config.timeout) == (4, 3.0)
-    assert urgent.config.unique == "k"
-    assert send.config.queue == "mail"
-    assert send.config.priority == 0
-    assert send.config.retries == 1
-    assert send.config.timeout is None
-    assert send.config.unique is None
+    assert (urgent.defaults.queue, urgent.defaults.priority) == ("urgent", 5)
+    assert (urgent.defaults.retries, urgent.defaults.timeout) == (4, 3.0)
+    assert urgent.defaults.unique == "k"
+    assert send.defaults.queue == "mail"
+    assert send.defaults.priority == 0
+    assert send.defaults.retries == 1
+    assert send.defaults.timeout is None
+    assert send.defaults.unique is None
     assert afterward.tasks[send.name] is send  # the copy is not registered again
     with app.app_context():
         assert urgent("x") == "x"

@@ -36,10 +36,10 @@ from flask_afterward.errors import JobTimeout
 from flask_afterward.records import error_summary
 from flask_afterward.records import JobRecord
 from flask_afterward.records import new_job_id
+from flask_afterward.runner import backoff
 from flask_afterward.signals import job_enqueued
 from flask_afterward.signals import job_finished
 from flask_afterward.signals import job_started
-from flask_afterward.worker import backoff
 from flask_afterward.worker import Worker
 from tests.tier2 import group_for
 from tests.tier2 import run_burst
@@ -579,7 +579,7 @@ def test_in_process_workers_start_on_the_first_request_not_at_init(live_app: Fla
 
         names = {thread.name for thread in worker_threads() - before}
         assert names == {"flask-afterward-worker-1", "flask-afterward-worker-2"}
-        assert any(t.name == "flask-afterward-worker-supervisor" for t in threading.enumerate())
+        assert any(t.name == "flask-afterward-worker-monitor" for t in threading.enumerate())
     finally:
         afterward.close(live_app, timeout=5)
     assert not (worker_threads() - before)

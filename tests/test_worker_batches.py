@@ -102,7 +102,7 @@ def test_a_slow_job_gives_the_rest_of_its_batch_back_to_the_queue(
         release.wait(10)
         return "slow"
 
-    # Lease 3 s: the supervisor looks every second.
+    # Lease 3 s: the monitor looks every second.
     group = WorkerGroup(app, store_of(app), afterward.tasks, threads=1, lease=3.0)
     with app.app_context():
         first = quick.options(eta=ago(30)).delay()  # claimed alone, and quick
@@ -112,7 +112,7 @@ def test_a_slow_job_gives_the_rest_of_its_batch_back_to_the_queue(
         try:
             assert started.wait(5)
             # While the slow job runs, the jobs claimed with it go back to the queue,
-            # within a supervisor tick, with their attempt given back.
+            # within a monitor tick, with their attempt given back.
             deadline = time.monotonic() + 5
             while time.monotonic() < deadline and any(
                 refreshed(job).state != State.QUEUED for job in behind

@@ -51,15 +51,25 @@ def group_for(app: Flask, afterward: Afterward, **options: t.Any) -> WorkerGroup
 
 
 def run_burst(app: Flask, afterward: Afterward) -> None:
-    """Run every runnable job, then return (rq's ``work(burst=True)``)."""
-    worker_for(app, afterward).run(threading.Event(), burst=True)
+    """Run every runnable job, then return (rq's ``work(burst=True)``).
+
+    The jobs run on a worker group's own threads, as in production: not in the test's
+    thread, so nothing of the test's app or request context leaks into them, and a job
+    or signal that needs a context must get it from the worker.
+    """
+    group = group_for(app, afterward, name="burst-worker")
+    group.start(burst=True)
+    try:
+        assert group.join(timeout=60), "the burst worker did not run out of jobs in 60 s"
+    finally:
+        group.close(5)
 
 
 def worker_threads() -> set[threading.Thread]:
-    """The live in-process job worker threads (supervisors excluded)."""
+    """The live in-process job worker threads (monitors excluded)."""
     return {
         thread
         for thread in threading.enumerate()
         if thread.name.startswith("flask-afterward-worker-")
-        and not thread.name.endswith("-supervisor")
+        and not thread.name.endswith("-monitor")
     }

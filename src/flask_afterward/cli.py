@@ -27,10 +27,12 @@ from flask import current_app
 from flask.cli import AppGroup
 from flask.cli import ScriptInfo
 
-from .config import EXTENSION_KEY
+from .errors import NotInitialized
+from .executors import LocalExecutor
 from .records import JobRecord
 from .records import State
 from .records import TERMINAL
+from .state import get_state
 from .stores.base import QueueStore
 from .supervisor import run_workers
 from .supervisor import Supervisor
@@ -39,46 +41,32 @@ from .worker import WorkerGroup
 if t.TYPE_CHECKING:
     from flask import Flask
 
-    from .config import Settings
+    from .state import AppState
     from .stores.base import Store
-    from .tasks import Task
 
 afterward_cli = AppGroup("afterward", help="Run workers and manage flask-afterward jobs.")
 
 
-class _Registry(t.Protocol):
-    tasks: dict[str, Task[..., t.Any]]
-
-
-class _Backend(t.Protocol):
-    """What the CLI needs from the app's flask-afterward state (``extension._AppState``)."""
-
-    settings: Settings
-    store: Store
-    afterward: _Registry
-
-    def use_workers(self, workers: WorkerGroup) -> None: ...
-
-
-def _backend() -> _Backend:
+def _state() -> AppState:
     try:
-        return t.cast(_Backend, current_app.extensions[EXTENSION_KEY])
-    except KeyError:
+        return get_state()
+    except NotInitialized:
         raise click.ClickException(
             "flask-afterward is not registered on this app. Call 'afterward.init_app(app)' "
             "in the app factory."
         ) from None
 
 
-def _queue_store(backend: _Backend) -> QueueStore:
-    store = backend.store
-    if not isinstance(store, QueueStore):
+def _local_executor(state: AppState) -> tuple[LocalExecutor, QueueStore]:
+    executor, store = state.executor, state.store
+    if not isinstance(executor, LocalExecutor) or not isinstance(store, QueueStore):
         raise click.ClickException(
-            f"AFTERWARD_STORE = {backend.settings.store!r} is run by its own engine's "
-            "workers, not by 'flask afterward worker'. Start that engine's workers, or set "
-            "AFTERWARD_STORE to a sqlite:/// URL."
+            f"AFTERWARD_STORE = {state.settings.store!r} is run by the "
+            f"{executor.name!r} executor, not by 'flask afterward worker'. Start that "
+            "engine's workers, or set AFTERWARD_STORE to a sqlite:/// URL (and "
+            "AFTERWARD_EAGER to False)."
         )
-    return store
+    return executor, store
 
 
 # The worker
@@ -126,20 +114,20 @@ def worker_command(
     """
     if any(not name for name in queues):
         raise click.BadParameter("a queue name cannot be empty.", param_hint="'--queue'")
-    backend = _backend()
-    store = _queue_store(backend)
+    state = _state()
+    executor, store = _local_executor(state)
     _log_to_stderr()
-    settings = backend.settings
+    settings = state.settings
     if processes > 1:
         command = _child_command(ctx.ensure_object(ScriptInfo), threads, queues, burst)
         ctx.exit(Supervisor(command, processes, settings.shutdown_timeout, burst).run())
     app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
-    tasks = backend.afterward.tasks
+    tasks = state.afterward.tasks
     group = WorkerGroup(
         app, store, tasks, threads=threads, queues=queues or None, lease=settings.lease
     )
     # Jobs that enqueue jobs wake this group; no AFTERWARD_WORKERS group starts beside it.
-    backend.use_workers(group)
+    executor.use_workers(group)
     code = run_workers(
         group,
         shutdown_timeout=settings.shutdown_timeout,
@@ -234,7 +222,7 @@ _STATE = click.Choice([state.value for state in State])
 @click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
 def jobs_command(state: str | None, task: str | None, queue: str | None, limit: int) -> None:
     """List jobs, newest first."""
-    records = _backend().store.list(
+    records = _state().store.list(
         state=None if state is None else State(state), task=task, queue=queue, limit=limit
     )
     if not records:
@@ -266,7 +254,7 @@ def show_command(job_id: str) -> None:
 
     Secrets stored with the job (a replayed request's Cookie) are never shown.
     """
-    record = _get(_backend().store, job_id)
+    record = _get(_state().store, job_id)
     width = max(len(field.name) for field in dataclasses.fields(record))
     for field in dataclasses.fields(record):
         value = getattr(record, field.name)
@@ -291,7 +279,7 @@ def retry_command(job_id: str | None, all_failed: bool) -> None:
     """Queue a failed or cancelled job again, as new (or every failed one)."""
     if (job_id is None) == (not all_failed):
         raise click.UsageError("Give either a job ID or --failed.")
-    store = _backend().store
+    store = _state().store
     if job_id is None:
         click.echo(f"Queued {_retry_failed(store)} failed jobs again.")
         return
@@ -324,9 +312,9 @@ def _retry_failed(store: Store) -> int:
 @click.argument("job_id")
 def cancel_command(job_id: str) -> None:
     """Cancel a job: a waiting one never runs, a running one stops at its next progress()."""
-    store = _backend().store
-    is_cancelled = store.cancel(job_id)
-    record = _get(store, job_id)
+    state = _state()
+    is_cancelled = state.cancel(job_id)
+    record = _get(state.store, job_id)
     if not is_cancelled:
         raise click.ClickException(f"Job {job_id} already finished ({record.state}).")
     if record.state == State.RUNNING:
@@ -338,7 +326,7 @@ def cancel_command(job_id: str) -> None:
 @afterward_cli.command("prune")
 def prune_command() -> None:
     """Delete finished jobs whose result TTL ran out (workers also do it every minute)."""
-    click.echo(f"Pruned {_backend().store.prune(time.time())} finished jobs.")
+    click.echo(f"Pruned {_state().store.prune(time.time())} finished jobs.")
 
 
 @afterward_cli.command("stats")
@@ -351,7 +339,7 @@ def prune_command() -> None:
 )
 def stats_command(minutes: float) -> None:
     """Jobs per queue and state, and how many finished per minute lately."""
-    stats = _backend().store.stats(time.time() - minutes * 60)
+    stats = _state().store.stats(time.time() - minutes * 60)
     states = list(State)
     queues = sorted({queue for queue, _ in stats.counts})
     rows = []

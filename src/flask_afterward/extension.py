@@ -2,22 +2,13 @@
 
 from __future__ import annotations
 
-import atexit
 import collections.abc as cabc
-import functools
 import logging
-import os
 import signal
 import sys
 import threading
-import time
 import typing as t
-import weakref
 
-import click
-from flask import abort
-from flask import current_app
-from flask import request
 from flask.signals import got_request_exception
 from flask.signals import request_started
 
@@ -31,22 +22,22 @@ from .config import EXTENSION_KEY
 from .config import Settings
 from .errors import ConfigurationError
 from .errors import JobNotFound
-from .errors import NotInitialized
-from .errors import SerializationError
+from .executors import EagerExecutor
+from .executors import Executor
+from .executors import LocalExecutor
 from .jobs import Job
 from .pool import CallbackPool
-from .replay import capture_request
-from .replay import REPLAY_KEY
 from .replay import run_accepted_view
+from .state import AppState
+from .state import get_state
 from .stores import open_store
 from .stores.base import QueueStore
 from .tasks import Task
 from .tasks import TaskOptions
+from .views import accept_view
 from .views import accepted_response
 from .views import ACCEPTED_TASK
-from .views import check_job_urls
 from .views import make_blueprint
-from .worker import WorkerGroup
 
 if t.TYPE_CHECKING:
     from flask import Flask
@@ -62,123 +53,40 @@ logger = logging.getLogger("flask_afterward")
 ResponseHook = t.TypeVar("ResponseHook", bound=cabc.Callable[[ResponseInfo], object])
 
 
-class _AppState:
-    """Everything flask-afterward keeps for one app, in ``app.extensions["afterward"]``."""
-
-    def __init__(self, app: Flask, afterward: Afterward, settings: Settings) -> None:
-        self.app = app
-        self.afterward = afterward
-        self.settings = settings
-        #: where jobs live; opened (and validated) now, connections made per thread
-        self.store: Store = open_store(settings, instance_path=app.instance_path)
-        # Drop the connection opened to validate the store, so that a server forking
-        # after init_app (gunicorn --preload) hands no SQLite connection to children.
-        self.store.close()
-        self._workers: WorkerGroup | None = None
-        self._workers_pid = 0
-        #: False for the CLI worker's group: its command stops it, not our exit hook
-        self._is_workers_owned = True
-        self._workers_lock = threading.Lock()
-        pool = None
-        if not _is_uwsgi_without_threads():
-            pool = CallbackPool(
-                threads=settings.callback_threads,
-                max_pending=settings.max_pending_callbacks,
-                shutdown_timeout=settings.shutdown_timeout,
-                close_at_exit=False,
-            )
-        self.callbacks = CallbackRunner(app, afterward._response_hooks, pool)
-        # One exit hook for callbacks and jobs, so they share one shutdown deadline.
-        # It holds the state weakly: apps that are gone (test suites) are not kept.
-        self._exit_hook = functools.partial(_close_at_exit, weakref.ref(self))
-        atexit.register(self._exit_hook)
-
-    def start_workers(self) -> None:
-        """Start this process's in-process workers, once (``AFTERWARD_WORKERS``).
-
-        Called on each request and enqueue, so it must be cheap when they run already;
-        a forked child sees another pid and starts its own.
-        """
-        if self._workers_pid == os.getpid():
-            return
-        settings = self.settings
-        store = self.store
-        if settings.workers == 0 or settings.eager or not isinstance(store, QueueStore):
-            self._workers_pid = os.getpid()
-            return
-        with self._workers_lock:
-            if self._workers_pid == os.getpid():
-                return
-            self._workers = WorkerGroup(
-                self.app,
-                store,
-                self.afterward.tasks,
-                threads=settings.workers,
-                lease=settings.lease,
-            )
-            self._workers.start()
-            self._workers_pid = os.getpid()
-            self._is_workers_owned = True
-
-    def use_workers(self, workers: WorkerGroup) -> None:
-        """Make ``workers`` this process's workers (``flask afterward worker``).
-
-        Jobs enqueued in this process (by other jobs) then wake them, and no
-        ``AFTERWARD_WORKERS`` group starts beside them.
-        """
-        with self._workers_lock:
-            self._workers = workers
-            self._workers_pid = os.getpid()
-            self._is_workers_owned = False
-
-    def wake_workers(self) -> None:
-        """A job was queued in this process: start or wake the local workers.
-
-        An enqueue in a CLI command (``flask shell``, a ``flask send-mails`` of the
-        app's) starts none: the command would run its jobs itself, then wait for them
-        at exit. Its jobs wait for a web process's or ``flask afterward worker``'s.
-        """
-        if self._workers_pid != os.getpid() and click.get_current_context(silent=True) is not None:
-            return
-        self.start_workers()
-        if self._workers is not None:
-            self._workers.wake.set()
-
-    def _own_workers(self) -> WorkerGroup | None:
-        """The group this state started in this process; not the CLI's, nor a parent's."""
-        if self._workers_pid == os.getpid() and self._is_workers_owned:
-            return self._workers
-        return None
-
-    def _close_workers(self, timeout: float) -> int:
-        workers = self._own_workers()
-        self._workers = None
-        return 0 if workers is None else workers.close(timeout)
-
-    def close(self, timeout: float | None = None) -> int:
-        """Let pending work finish within ``timeout`` and stop every thread.
-
-        Returns how many callbacks did not finish plus how many running jobs were put
-        back in the queue.
-        """
-        atexit.unregister(self._exit_hook)
-        timeout = self.settings.shutdown_timeout if timeout is None else timeout
-        deadline = time.monotonic() + timeout
-        workers = self._own_workers()
-        if workers is not None:
-            workers.stop.set()  # stop claiming now; running jobs finish meanwhile
-            workers.wake.set()
-        pool = self.callbacks.pool
-        left = pool.close(timeout) if pool is not None else 0
-        left += self._close_workers(max(0.0, deadline - time.monotonic()))
-        self.store.close()
-        return left
+def _build_state(app: Flask, afterward: Afterward, settings: Settings) -> AppState:
+    """Open the store, choose the executor, make the callback pool: nothing starts yet."""
+    # Opened to validate the URL now (a bad path fails init_app, not the first job);
+    # its connections are released again, so that a server forking after init_app
+    # (gunicorn --preload) hands none to its children. The store reconnects on use.
+    store = open_store(settings, instance_path=app.instance_path)
+    store.close()
+    pool = None
+    if not _is_uwsgi_without_threads():
+        pool = CallbackPool(
+            threads=settings.callback_threads,
+            max_pending=settings.max_pending_callbacks,
+            shutdown_timeout=settings.shutdown_timeout,
+            close_at_exit=False,
+        )
+    return AppState(
+        app=app,
+        afterward=afterward,
+        settings=settings,
+        store=store,
+        executor=_executor(app, afterward, settings, store),
+        callbacks=CallbackRunner(app, afterward._response_hooks, pool),
+    )
 
 
-def _close_at_exit(state: weakref.ref[_AppState]) -> None:
-    alive = state()
-    if alive is not None:
-        alive.close()
+def _executor(app: Flask, afterward: Afterward, settings: Settings, store: Store) -> Executor:
+    if settings.eager:
+        return EagerExecutor(app, store, afterward.tasks, settings)
+    if not isinstance(store, QueueStore):
+        raise ConfigurationError(
+            f"AFTERWARD_STORE = {settings.store!r} cannot be run by our own workers, and "
+            "no other executor is configured for it."
+        )
+    return LocalExecutor(app, store, afterward.tasks, settings)
 
 
 class Afterward:
@@ -223,11 +131,11 @@ class Afterward:
                 "this Flask app. Import and use that instance instead."
             )
         settings = Settings.from_app(app)
-        state = _AppState(app, self, settings)
+        state = _build_state(app, self, settings)
         app.extensions[EXTENSION_KEY] = state
         got_request_exception.connect(record_unhandled_error, app)
         app.wsgi_app = AfterResponseMiddleware(  # type: ignore[method-assign]
-            app.wsgi_app, state.callbacks, on_request=state.start_workers
+            app.wsgi_app, state.callbacks, on_request=state.executor.start
         )
         app.register_blueprint(make_blueprint(), url_prefix=settings.url_prefix)
         app.cli.add_command(afterward_cli)
@@ -280,7 +188,7 @@ class Afterward:
 
         .. versionadded:: 0.1
         """
-        config = TaskOptions(
+        defaults = TaskOptions(
             queue=queue,
             priority=priority,
             retries=retries,
@@ -296,7 +204,7 @@ class Afterward:
                     f"A task named {task_name!r} is already registered. Give one of them "
                     "another name with @afterward.task(name=...)."
                 )
-            task = Task(fn, name=task_name, config=config)
+            task = Task(fn, name=task_name, defaults=defaults)
             self.tasks[task_name] = task
             return task
 
@@ -352,22 +260,7 @@ class Afterward:
         )
 
         def decorate(view: ViewFunction) -> ViewFunction:
-            @functools.wraps(view)
-            def accept(*args: t.Any, **kwargs: t.Any) -> t.Any:
-                if REPLAY_KEY in request.environ:  # in the worker: run the view itself
-                    return current_app.ensure_sync(view)(*args, **kwargs)
-                limit = self._state(None).settings.max_payload
-                if (request.content_length or 0) > limit:
-                    abort(413, f"The request body is over AFTERWARD_MAX_PAYLOAD ({limit}).")
-                check_job_urls()
-                captured, secrets = capture_request()
-                try:
-                    job = task.enqueue((captured,), {}, secrets=secrets)
-                except SerializationError as error:  # the body fits, headers and all do not
-                    abort(413, f"The request is too large to store as a job. {error}")
-                return accepted_response(job)
-
-            return t.cast(ViewFunction, accept)
+            return accept_view(view, task)
 
         return decorate if view is None else decorate(view)
 
@@ -385,11 +278,11 @@ class Afterward:
 
         .. versionadded:: 0.1
         """
-        store = self._state(app).store
-        record = store.get(job_id)
+        state = self._state(app)
+        record = state.get(job_id)
         if record is None:
             raise JobNotFound(f"No job has the id {job_id!r}; it never existed or expired.")
-        return Job(record, store)
+        return Job(record, state)
 
     def after_response(self, hook: ResponseHook) -> ResponseHook:
         """Decorate a function to run after every response, with a :class:`ResponseInfo`.
@@ -423,15 +316,8 @@ class Afterward:
         """
         return self._state(app).close(timeout)
 
-    def _state(self, app: Flask | None) -> _AppState:
-        app = app or t.cast("Flask", current_app._get_current_object())  # type: ignore[attr-defined]
-        try:
-            state: _AppState = app.extensions[EXTENSION_KEY]
-        except KeyError:
-            raise NotInitialized(
-                "flask-afterward is not registered on this app. Did you forget to call "
-                "'afterward.init_app(app)'?"
-            ) from None
+    def _state(self, app: Flask | None) -> AppState:
+        state = get_state(app)
         if state.afterward is not self:
             raise ConfigurationError("This app was registered with another Afterward object.")
         return state

@@ -26,22 +26,25 @@ from .records import JobRecord
 from .records import State
 
 if t.TYPE_CHECKING:
-    from .stores.base import Store
+    from .state import AppState
 
 R = t.TypeVar("R")
 
 
 class Job(t.Generic[R]):
-    """A handle on one job. Reads go to the store; only the last snapshot is kept.
+    """A handle on one job. Reads go to the store of record; only the last snapshot is kept.
+
+    It reads and cancels through its app's engine (the store of record and the
+    executor that runs the job), so it works the same whoever runs the job.
 
     .. versionadded:: 0.1
     """
 
-    __slots__ = ("_record", "_store")
+    __slots__ = ("_record", "_engine")
 
-    def __init__(self, record: JobRecord, store: Store) -> None:
+    def __init__(self, record: JobRecord, engine: AppState) -> None:
         self._record = record
-        self._store = store
+        self._engine = engine
 
     def __repr__(self) -> str:
         return f"<Job {self._record.id} {self._record.task} {self._record.state}>"
@@ -88,7 +91,7 @@ class Job(t.Generic[R]):
 
     def refresh(self) -> None:
         """Read the job again. :raises JobNotFound: if it expired meanwhile."""
-        record = self._store.get(self._record.id)
+        record = self._engine.get(self._record.id)
         if record is None:
             raise JobNotFound(f"Job {self._record.id!r} no longer exists; it expired.")
         self._record = record
@@ -127,8 +130,8 @@ class Job(t.Generic[R]):
     def cancel(self) -> bool:
         """Cancel the job. A queued job never runs; a running one stops at its next
         :func:`progress` call. Returns False if it had already finished."""
-        is_cancelled = self._store.cancel(self._record.id)
-        record = self._store.get(self._record.id)
+        is_cancelled = self._engine.cancel(self._record.id)
+        record = self._engine.get(self._record.id)
         if record is not None:
             self._record = record
         return is_cancelled

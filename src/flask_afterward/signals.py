@@ -6,7 +6,15 @@ blinker ships with Flask, so this adds no dependency.
 
 from __future__ import annotations
 
+import logging
+import typing as t
+
 from blinker import Namespace
+
+if t.TYPE_CHECKING:
+    from blinker import NamedSignal
+
+logger = logging.getLogger(__name__)
 
 _signals = Namespace()
 
@@ -20,3 +28,16 @@ job_finished = _signals.signal("job-finished")
 #: Sent with the app as sender when an after-response callback raised;
 #: ``callback=`` is the function and ``exception=`` what it raised.
 callback_failed = _signals.signal("callback-failed")
+
+
+def send_guarded(signal: NamedSignal, sender: object, **kwargs: t.Any) -> None:
+    """Send ``signal``; a receiver that raises is logged, and never reaches the caller.
+
+    Jobs are signalled after they were stored: a metrics or logging bug in a receiver
+    must neither make ``.delay()`` raise (its caller would enqueue the job again) nor
+    strand or fail a running job.
+    """
+    try:
+        signal.send(sender, **kwargs)
+    except Exception:
+        logger.exception("A receiver of the %s signal failed.", signal.name)

@@ -1,18 +1,18 @@
 """Tasks: functions that can also run later, as durable jobs.
 
-``Task`` holds a reference to its ``Afterward`` object's registry, never to an app: it
-finds the app's store through ``current_app.extensions["afterward"]`` when called, so
-one task serves every app the extension is registered on.
+``Task`` holds no reference to an app: it finds the app's state with
+:func:`~flask_afterward.state.get_state` when called, so one task serves every app the
+extension is registered on. Options are checked where they are written: a bad value,
+or one the app's store or executor cannot honour (its capabilities), raises at
+``.options()`` or ``.delay()`` before anything is stored.
 
 Imports ``callbacks`` (same layer) for ``after_response``; never the reverse.
 """
 
 from __future__ import annotations
 
-import asyncio
 import collections.abc as cabc
 import dataclasses
-import inspect
 import logging
 import time
 import typing as t
@@ -20,30 +20,25 @@ from datetime import datetime
 from datetime import timedelta
 
 from flask import current_app
+from flask import has_app_context
 from flask import has_request_context
 
 from . import serializers
 from .callbacks import Call
 from .callbacks import current_request_callbacks
 from .config import EXTENSION_KEY
-from .config import Settings
 from .errors import ConfigurationError
-from .errors import NotInitialized
 from .errors import SerializationError
+from .errors import Unsupported
 from .jobs import Job
-from .jobs import reset_current
-from .jobs import RunningJob
-from .jobs import set_current
-from .records import format_error
+from .records import Capability
 from .records import JobRecord
 from .records import new_job_id
 from .records import State
-from .signals import job_enqueued
-from .signals import job_finished
-from .signals import job_started
+from .state import get_state
 
 if t.TYPE_CHECKING:
-    from .stores.base import Store
+    from .state import AppState
 
 logger = logging.getLogger(__name__)
 
@@ -51,17 +46,6 @@ P = t.ParamSpec("P")
 R = t.TypeVar("R")
 
 Seconds = float | int | timedelta
-
-
-class Backend(t.Protocol):
-    """What a task needs from the app's flask-afterward state (``extension._AppState``)."""
-
-    settings: Settings
-
-    @property
-    def store(self) -> Store: ...
-
-    def wake_workers(self) -> None: ...
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -130,12 +114,51 @@ def _check(ok: bool, name: str, value: object, expected: str) -> None:
         raise ConfigurationError(f"Task option {name}={value!r} is not valid: expected {expected}.")
 
 
-def _seconds(value: Seconds | None) -> float | None:
+def _seconds(name: str, value: Seconds | None) -> float | None:
     if isinstance(value, timedelta):
         return value.total_seconds()
     if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
-        raise ConfigurationError(f"{value!r} is not a number of seconds or a timedelta.")
+        raise ConfigurationError(
+            f"Task option {name}={value!r} is not valid: expected a number of seconds or "
+            "a timedelta."
+        )
     return None if value is None else float(value)
+
+
+def required_capabilities(options: TaskOptions, *, is_deferred: bool) -> dict[Capability, str]:
+    """What jobs with these options need of the store and executor, with the option
+    that needs each (for the error message)."""
+    needed: dict[Capability, str] = {}
+    if options.priority:
+        needed[Capability.PRIORITY] = f"priority={options.priority!r}"
+    if options.delay or options.eta is not None:
+        needed[Capability.DELAY] = "eta=" if options.eta is not None else "delay="
+    if options.unique is not None:
+        needed[Capability.UNIQUE] = "unique="
+    if options.result_ttl is not None:
+        needed[Capability.RESULT_TTL] = "result_ttl="
+    if options.retries:
+        needed[Capability.RETRY] = "retries="
+    if options.timeout is not None:
+        needed[Capability.TIMEOUT] = "timeout="
+    if is_deferred:
+        needed[Capability.DEFER] = ".after_response()"
+    return needed
+
+
+def check_capabilities(state: AppState, options: TaskOptions, *, is_deferred: bool) -> None:
+    """Raise :class:`Unsupported` if the app cannot honour these options."""
+    if len(state.capabilities) == len(Capability):  # sqlite and memory, run locally
+        return
+    needed = required_capabilities(options, is_deferred=is_deferred)
+    missing = [what for capability, what in needed.items() if capability not in state.capabilities]
+    if missing:
+        raise Unsupported(
+            f"{', '.join(missing)} cannot be honoured by AFTERWARD_STORE = "
+            f"{state.settings.store!r} run by the {state.executor.name!r} executor. Drop "
+            "the option, or use a store that has it (see the capability table in "
+            "docs/engines.rst)."
+        )
 
 
 class Task(t.Generic[P, R]):
@@ -153,12 +176,13 @@ class Task(t.Generic[P, R]):
     .. versionadded:: 0.1
     """
 
-    def __init__(self, fn: cabc.Callable[P, R], *, name: str, config: TaskOptions) -> None:
+    def __init__(self, fn: cabc.Callable[P, R], *, name: str, defaults: TaskOptions) -> None:
         self.fn = fn
         #: the name jobs are stored under; renaming it orphans queued jobs
         self.name = name
-        #: the defaults every job of this task gets
-        self.config = config
+        #: the options every job of this task gets; :meth:`options` returns a copy
+        #: with others
+        self.defaults = defaults
         self.__doc__ = fn.__doc__
         self.__wrapped__ = fn
 
@@ -219,18 +243,21 @@ class Task(t.Generic[P, R]):
         changes: dict[str, t.Any] = {
             "queue": queue,
             "priority": priority,
-            "delay": _seconds(delay),
+            "delay": _seconds("delay", delay),
             "eta": eta,
             "unique": unique,
             "retries": retries,
-            "retry_backoff": _seconds(retry_backoff),
-            "timeout": _seconds(timeout),
-            "result_ttl": _seconds(result_ttl),
+            "retry_backoff": _seconds("retry_backoff", retry_backoff),
+            "timeout": _seconds("timeout", timeout),
+            "result_ttl": _seconds("result_ttl", result_ttl),
         }
-        config = dataclasses.replace(
-            self.config, **{k: v for k, v in changes.items() if v is not None}
+        defaults = dataclasses.replace(
+            self.defaults, **{k: v for k, v in changes.items() if v is not None}
         )
-        return Task(self.fn, name=self.name, config=config)
+        state = current_app_state()
+        if state is not None:  # else .delay() checks, in the app it enqueues in
+            check_capabilities(state, defaults, is_deferred=False)
+        return Task(self.fn, name=self.name, defaults=defaults)
 
     def enqueue(
         self,
@@ -251,39 +278,31 @@ class Task(t.Generic[P, R]):
         :param secrets: credentials the job needs (an accepted view's ``Cookie``),
             kept apart from the arguments and wiped by the store when the job finishes.
         """
-        backend = _backend()
-        settings = backend.settings
+        state = get_state()
+        settings = state.settings
+        options = self.defaults
+        is_deferred = is_deferred and not settings.eager  # eager runs it at once
+        check_capabilities(state, options, is_deferred=is_deferred)
         payload = serializers.dumps_call(args, kwargs)
         _check_size(self.name, payload, settings.max_payload)
-        config = self.config
         now = time.time()
         record = JobRecord(
             id=job_id or new_job_id(),
             task=self.name,
             payload=payload,
             state=State.DEFERRED if is_deferred else State.QUEUED,
-            queue=config.queue,
-            priority=config.priority,
-            max_retries=config.retries,
-            retry_backoff=config.retry_backoff,
-            timeout=config.timeout,
-            result_ttl=settings.result_ttl if config.result_ttl is None else config.result_ttl,
-            unique_key=config.unique,
+            queue=options.queue,
+            priority=options.priority,
+            max_retries=options.retries,
+            retry_backoff=options.retry_backoff,
+            timeout=options.timeout,
+            result_ttl=settings.result_ttl if options.result_ttl is None else options.result_ttl,
+            unique_key=options.unique,
             created_at=now,
-            run_at=config.eta.timestamp() if config.eta is not None else now + config.delay,
+            run_at=options.eta.timestamp() if options.eta is not None else now + options.delay,
             secrets=None if not secrets else serializers.dumps(secrets),
         )
-        store = backend.store
-        if settings.eager:
-            return Job(store.enqueue(run_eagerly(self, record, store)), store)
-        job: Job[R] = Job(store.enqueue(record), store)
-        if job.id != record.id:
-            return job
-        if job_enqueued.receivers:  # else skip finding the app object for nobody
-            job_enqueued.send(current_app._get_current_object(), job=job)  # type: ignore[attr-defined]
-        if not is_deferred:
-            backend.wake_workers()
-        return job
+        return Job(state.enqueue(record), state)
 
 
 def _check_size(name: str, payload: str, limit: int) -> None:
@@ -296,83 +315,18 @@ def _check_size(name: str, payload: str, limit: int) -> None:
         )
 
 
-def _backend() -> Backend:
-    try:
-        return t.cast(Backend, current_app.extensions[EXTENSION_KEY])
-    except KeyError:
-        raise NotInitialized() from None
-    except RuntimeError:
-        raise NotInitialized(
-            "Enqueuing a job needs an app context: call it in a request, in a CLI "
-            "command, or inside 'with app.app_context():'."
-        ) from None
+def current_app_state() -> AppState | None:
+    """The current app's state; None outside an app context or if not registered."""
+    if not has_app_context():
+        return None
+    state: AppState | None = current_app.extensions.get(EXTENSION_KEY)
+    return state
 
 
 def _release_deferred(job_id: str) -> None:
-    backend = _backend()
-    backend.store.release_deferred([job_id])
-    backend.wake_workers()
+    get_state().release([job_id])
 
 
 def _cancel_deferred(job_id: str) -> None:
-    _backend().store.cancel(job_id)
+    get_state().store.cancel(job_id)
     logger.debug("Cancelled deferred job %s: its request failed.", job_id)
-
-
-def call_task(task: Task[..., t.Any], args: list[t.Any], kwargs: dict[str, t.Any]) -> t.Any:
-    """Run the task's function; an ``async def`` one runs to completion here."""
-    result = task.fn(*args, **kwargs)
-    if inspect.iscoroutine(result):
-        result = asyncio.run(result)
-    return result
-
-
-def run_eagerly(task: Task[..., t.Any], record: JobRecord, store: Store) -> JobRecord:
-    """``AFTERWARD_EAGER``: run the job here, with its retries, and return its final record.
-
-    The arguments go through the same JSON round trip as a real job. An exception
-    propagates after the last attempt, so a test sees it at the ``.delay()`` call; the
-    job is stored failed first. As with a worker, a result JSON cannot hold fails the
-    job at once: running it again would not change the result's type.
-    """
-    app = current_app._get_current_object()  # type: ignore[attr-defined]
-    args, kwargs = serializers.loads_call(record.payload)
-    attempt = record
-    while True:
-        attempt = attempt.replace(
-            state=State.RUNNING, attempts=attempt.attempts + 1, started_at=time.time()
-        )
-        job: Job[t.Any] = Job(attempt, store)
-        job_started.send(app, job=job)
-        token = set_current(RunningJob(attempt, _eager_progress))
-        try:
-            value = call_task(task, args, kwargs)
-            result = serializers.dumps(value, what=f"the result of {task.name}")
-        except Exception as error:
-            # JobCancelled too: nothing can cancel an eager job, which is stored only
-            # once it ran, so it comes from another job's result(), a failure here.
-            is_retried = not isinstance(error, SerializationError)
-            if is_retried and attempt.attempts <= attempt.max_retries:
-                job_finished.send(app, job=job, outcome="retrying")
-                continue
-            job_finished.send(app, job=job, outcome="failed")
-            error.add_note(f"(flask-afterward: eager job {record.id} of {task.name} failed)")
-            failed = attempt.replace(
-                state=State.FAILED, error=format_error(error), finished_at=time.time(), secrets=None
-            )
-            store.enqueue(failed)
-            raise
-        finally:
-            reset_current(token)
-        job_finished.send(app, job=job, outcome="succeeded")
-        return attempt.replace(
-            state=State.SUCCEEDED,
-            result=result,
-            progress=1.0,
-            finished_at=time.time(),
-            secrets=None,  # wiped when it finishes, as the stores do
-        )
-
-
-def _eager_progress(fraction: float, message: str | None) -> None:
-    logger.debug("Eager job progress %.0f%% %s", fraction * 100, message or "")

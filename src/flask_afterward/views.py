@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import collections.abc as cabc
+import functools
 import hashlib
 import hmac
 import importlib.resources
@@ -20,6 +21,7 @@ import re
 import time
 import typing as t
 
+from flask import abort
 from flask import Blueprint
 from flask import current_app
 from flask import jsonify
@@ -28,17 +30,23 @@ from flask import Response
 from flask import url_for
 
 from . import serializers
-from .config import EXTENSION_KEY
 from .errors import ConfigurationError
+from .errors import SerializationError
 from .jobs import Job
 from .records import error_summary
 from .records import JobRecord
 from .records import State
 from .records import TERMINAL
+from .replay import capture_request
 from .replay import decode_response
+from .replay import REPLAY_KEY
+from .state import get_state
 
 if t.TYPE_CHECKING:
-    from .stores.base import Store
+    from .state import AppState
+    from .tasks import Task
+
+ViewFunction = t.TypeVar("ViewFunction", bound=cabc.Callable[..., t.Any])
 
 #: The name of the built-in task that runs ``@afterward.accepted`` views.
 ACCEPTED_TASK: t.Final = "flask_afterward.accepted"
@@ -71,14 +79,14 @@ def _signing_key() -> bytes:
 def check_job_urls() -> None:
     """Raise :class:`ConfigurationError` now if :func:`job_urls` would: call it before
     enqueuing, so that a misconfigured app stores no job its client cannot follow."""
-    if current_app.extensions[EXTENSION_KEY].settings.authorize is None:
+    if get_state().settings.authorize is None:
         _signing_key()
 
 
 def job_urls(job_id: str) -> dict[str, str]:
     """``status_url``, ``result_url`` and ``events_url`` of a job, with its key if needed."""
     params: dict[str, t.Any] = {}
-    if current_app.extensions[EXTENSION_KEY].settings.authorize is None:
+    if get_state().settings.authorize is None:
         params["key"] = capability(job_id)
     return {
         "status_url": url_for("afterward.job_status", job_id=job_id, **params),
@@ -102,6 +110,32 @@ def accepted_response(job: Job[t.Any]) -> Response:
     return response
 
 
+def accept_view(view: ViewFunction, task: Task[..., t.Any]) -> ViewFunction:
+    """``view``, made an accepted view whose requests ``task`` replays in a worker.
+
+    In the request: refuse a body over ``AFTERWARD_MAX_PAYLOAD`` (413), store the
+    captured request as a job and answer :func:`accepted_response`. In the worker's
+    replay (:data:`~flask_afterward.replay.REPLAY_KEY` in the environ): run the view.
+    """
+
+    @functools.wraps(view)
+    def accept(*args: t.Any, **kwargs: t.Any) -> t.Any:
+        if REPLAY_KEY in request.environ:  # in the worker: run the view itself
+            return current_app.ensure_sync(view)(*args, **kwargs)
+        limit = get_state().settings.max_payload
+        if (request.content_length or 0) > limit:
+            abort(413, f"The request body is over AFTERWARD_MAX_PAYLOAD ({limit}).")
+        check_job_urls()
+        captured, secrets = capture_request()
+        try:
+            job = task.enqueue((captured,), {}, secrets=secrets)
+        except SerializationError as error:  # the body fits, headers and all do not
+            abort(413, f"The request is too large to store as a job. {error}")
+        return accepted_response(job)
+
+    return t.cast(ViewFunction, accept)
+
+
 def make_blueprint() -> Blueprint:
     """A fresh blueprint per app registration (no module-level state)."""
     blueprint = Blueprint("afterward", __name__)
@@ -111,11 +145,6 @@ def make_blueprint() -> Blueprint:
     blueprint.add_url_rule("/jobs/<job_id>/events", view_func=job_events, methods=["GET"])
     blueprint.add_url_rule("/openapi.json", view_func=openapi, methods=["GET"])
     return blueprint
-
-
-def _store() -> Store:
-    store: Store = current_app.extensions[EXTENSION_KEY].store
-    return store
 
 
 def _problem(status: int, title: str, detail: str, **extra: object) -> Response:
@@ -135,16 +164,16 @@ def _authorized(job_id: str, action: str) -> JobRecord | Response:
     """The job if this request may ``action`` it, else the response to send instead."""
     if not _ID_PATTERN.fullmatch(job_id):
         return _not_found(job_id)
-    store = _store()
-    authorize = current_app.extensions[EXTENSION_KEY].settings.authorize
+    state = get_state()
+    authorize = state.settings.authorize
     if authorize is None:
         key = request.args.get("key", "")
         if not hmac.compare_digest(key.encode(), capability(job_id).encode()):
             return _not_found(job_id)
-    record = store.get(job_id)
+    record = state.get(job_id)
     if record is None:
         return _not_found(job_id)
-    if authorize is not None and not authorize(Job(record, store), action):
+    if authorize is not None and not authorize(Job(record, state), action):
         return _problem(403, "Forbidden", f"You may not {action} job {job_id!r}.")
     return record
 
@@ -202,9 +231,10 @@ def job_cancel(job_id: str) -> Response:
     found = _authorized(job_id, "cancel")
     if isinstance(found, Response):
         return found
-    if not _store().cancel(job_id):
+    state = get_state()
+    if not state.cancel(job_id):
         return _problem(409, "Job already finished", f"Job {job_id} is {found.state}.")
-    record = _store().get(job_id) or found
+    record = state.get(job_id) or found
     response = jsonify(describe(record))
     response.status_code = 202 if record.state == State.RUNNING else 200
     return response
@@ -261,9 +291,8 @@ def job_events(job_id: str) -> Response:
     found = _authorized(job_id, "read")
     if isinstance(found, Response):
         return found
-    store = _store()
     first = describe(found)
-    events = _event_stream(store, found, first, debug=current_app.debug)
+    events = _event_stream(get_state(), found, first, debug=current_app.debug)
     response = current_app.response_class(events, mimetype="text/event-stream")
     response.headers["Cache-Control"] = "no-cache"
     response.headers["X-Accel-Buffering"] = "no"  # nginx: do not buffer the stream
@@ -271,7 +300,7 @@ def job_events(job_id: str) -> Response:
 
 
 def _event_stream(
-    store: Store, record: JobRecord, first: dict[str, t.Any], *, debug: bool
+    engine: AppState, record: JobRecord, first: dict[str, t.Any], *, debug: bool
 ) -> cabc.Iterator[str]:
     # ``first`` is built in the request, because url_for needs the request context;
     # later events take its URLs and describe the job anew.
@@ -294,7 +323,7 @@ def _event_stream(
             # learns that a client left: its thread is freed, not held to the deadline.
             yield ": keep-alive\n\n"
             quiet_since = time.monotonic()
-        latest = store.get(record.id)
+        latest = engine.get(record.id)
         if latest is None:
             yield "event: gone\ndata: {}\n\n"
             return
@@ -305,6 +334,6 @@ def openapi() -> Response:
     """``GET /openapi.json``: the OpenAPI 3.1 description of this API."""
     text = importlib.resources.files(__package__).joinpath("openapi.json").read_text()
     spec = json.loads(text)
-    prefix = current_app.extensions[EXTENSION_KEY].settings.url_prefix
+    prefix = get_state().settings.url_prefix
     spec["servers"] = [{"url": request.script_root + prefix}]
     return jsonify(spec)

@@ -2,8 +2,9 @@
 
 A :class:`Worker` is one loop (Huey's ``Worker.loop``, rq's ``work(burst=True)``): one
 testable iteration, ``run_once``, and an idle back-off that resets after work. A
-:class:`WorkerGroup` runs several in named threads, plus one supervisor thread that
-extends the leases of running jobs and enforces timeouts.
+:class:`WorkerGroup` runs several in named threads, plus one monitor thread that
+extends the leases of running jobs, enforces timeouts and prunes expired jobs. Each
+attempt runs through :class:`~flask_afterward.runner.Runner`, as on every executor.
 
 Batches: while its jobs are quick (under :data:`QUICK_JOB` seconds each), a worker claims
 up to :data:`BATCH` jobs in one transaction, runs them one by one, and records their
@@ -24,37 +25,27 @@ from __future__ import annotations
 
 import collections
 import collections.abc as cabc
-import functools
 import logging
 import math
 import os
-import random
 import secrets
 import socket
 import threading
 import time
 import typing as t
 
-from . import serializers
-from .errors import JobCancelled
 from .errors import JobTimeout
-from .errors import SerializationError
-from .jobs import Job
-from .jobs import reset_current
-from .jobs import RunningJob
-from .jobs import set_current
-from .records import format_error
 from .records import JobRecord
-from .signals import job_finished
-from .signals import job_started
-from .tasks import call_task
-from .tasks import Task
+from .records import State
+from .runner import Attempt
+from .runner import Outcome
+from .runner import Runner
 
 if t.TYPE_CHECKING:
-    from blinker import NamedSignal
     from flask import Flask
 
     from .stores.base import QueueStore
+    from .tasks import Task
 
 logger = logging.getLogger(__name__)
 
@@ -71,37 +62,12 @@ QUICK_JOB: t.Final = 0.005
 LINGER: t.Final = 0.005
 
 
-def backoff(attempt: int, *, base: float, cap: float = 3600.0, jitter: float = 0.25) -> float:
-    """Seconds to wait before retry number ``attempt`` (1, 2, …): exponential, capped.
-
-    ``base * 2 ** (attempt - 1)``, at most ``cap``, minus up to ``jitter`` of it at
-    random so jobs that failed together do not retry in lockstep (Dramatiq's
-    ``compute_backoff``).
-    """
-    delay = min(cap, base * 2.0 ** min(attempt - 1, 62))
-    return delay * (1.0 - jitter * random.random())
-
-
-class _Attempt:
-    """The job a worker is running now, as the supervisor sees it."""
-
-    __slots__ = ("record", "started", "deadline", "next_extension", "is_timed_out")
-
-    def __init__(self, record: JobRecord, lease: float) -> None:
-        now = time.monotonic()
-        self.record = record
-        self.started = now
-        self.deadline = None if record.timeout is None else now + record.timeout
-        self.next_extension = now + lease / 3
-        self.is_timed_out = False
-
-
 class Worker:
     """Claims jobs from ``store`` (a few at a time while they are quick) and runs them.
 
     :param tasks: the registered tasks by name.
     :param queues: queues to take jobs from; None takes from all.
-    :param lease: seconds a claim holds; the supervisor extends it while a job runs.
+    :param lease: seconds a claim holds; the monitor extends it while a job runs.
     :param name: a label for the worker id and logs.
     """
 
@@ -126,15 +92,17 @@ class Worker:
         self.max_idle = max_idle
         #: unique per worker, so a lease names exactly one holder
         self.id = f"{socket.gethostname()}:{os.getpid()}:{name}:{secrets.token_hex(4)}"
-        #: the job being run, for the supervisor
-        self.current: _Attempt | None = None
-        #: set by the supervisor when a job timed out: the loop ends after it
+        #: runs each attempt and records it, as on every executor
+        self.runner = Runner(app, store, tasks, worker=self.id, lease=lease)
+        #: the job being run, for the monitor
+        self.current: Attempt | None = None
+        #: set by the monitor when a job timed out: the loop ends after it
         self.is_abandoned = False
         #: jobs claimed in the last batch and not started yet; running under our lease
         self.claimed: collections.deque[JobRecord] = collections.deque()
         self._claimed_at = 0.0
         #: succeeded jobs and their results, recorded with the next claim
-        self._successes: list[tuple[Job[t.Any], str]] = []
+        self._successes: list[tuple[JobRecord, str | None]] = []
         #: how long the last job ran; a batch is claimed only after a quick one
         self._last_run = math.inf
         #: the last claim asked for a batch and got fewer jobs: the queue is shallow
@@ -158,7 +126,7 @@ class Worker:
         if record is None:
             return False
         started = time.monotonic()
-        self._execute(record, defer_success=True)
+        self._execute(record)
         self._last_run = time.monotonic() - started
         return True
 
@@ -168,7 +136,7 @@ class Worker:
             if self._last_run < QUICK_JOB and time.monotonic() - self._claimed_at < self.lease / 3:
                 try:
                     return self.claimed.popleft()
-                except IndexError:  # the supervisor gave them back meanwhile
+                except IndexError:  # the monitor gave them back meanwhile
                     pass
             else:
                 self.give_back()
@@ -184,17 +152,21 @@ class Worker:
         """Record the held successes and claim up to ``limit`` jobs, in one commit."""
         done = self._successes
         is_ours, records = self.store.complete_and_claim_many(
-            [(job.id, result) for job, result in done], self.id, self.queues, self.lease, limit
+            [(record.id, result) for record, result in done],
+            self.id,
+            self.queues,
+            self.lease,
+            limit,
         )
         self._claimed_at = time.monotonic()
         self._successes = []  # only now: a store error keeps them for flush()
-        for (job, _), is_recorded in zip(done, is_ours, strict=True):
-            self._finish(job, is_recorded, "succeeded")
+        for (record, result), is_recorded in zip(done, is_ours, strict=True):
+            self.runner.finished(record, Outcome(State.SUCCEEDED, result=result), is_recorded)
         return records
 
     def give_back(self) -> int:
         """Put the claimed jobs not started yet back in the queue, their attempt not
-        counted; how many. Safe from another thread (the supervisor)."""
+        counted; how many. Safe from another thread (the monitor)."""
         given = 0
         while True:
             try:
@@ -252,123 +224,25 @@ class Worker:
                 stop.wait(delay)
             delay = min(delay * 2, self.max_idle)
 
-    def execute(self, record: JobRecord) -> None:
-        """Run one claimed job and record its outcome. Exceptions never escape."""
-        self._execute(record, defer_success=False)
-
-    def _execute(self, record: JobRecord, *, defer_success: bool) -> None:
-        task = self.tasks.get(record.task)
-        if task is None:
-            self._give_up(record, f"no task named {record.task!r} is registered")
-            return
+    def _execute(self, record: JobRecord) -> None:
+        """Run one claimed job. A success is held for the next claim to record."""
+        attempt = self.current = Attempt(record, self.lease, is_watched=True)
         try:
-            args, kwargs = serializers.loads_call(record.payload)
-        except Exception as error:  # e.g. decimal.InvalidOperation, not a ValueError
-            self._give_up(record, f"its stored arguments cannot be read ({error!r})")
-            return
-        attempt = self.current = _Attempt(record, self.lease)
-        job: Job[t.Any] = Job(record, self.store)
-        _send(job_started, self.app, job=job)
-        token = set_current(RunningJob(record, functools.partial(self._report, attempt)))
-        try:
-            with self.app.app_context():
-                value = call_task(task, args, kwargs)
-            result = serializers.dumps(value, what=f"the result of {task.name}")
-        except JobCancelled as error:
-            if self._is_cancel_requested(record.id):
-                self._finish(job, self.store.mark_cancelled(record.id, self.id), "cancelled")
-            else:  # from another job's result(): a failure of this one
-                self.fail(record, job, format_error(error))
-        except JobTimeout as error:
-            if not attempt.is_timed_out:  # else the supervisor has failed it already
-                self.fail(record, job, format_error(error))
-        except SerializationError as error:
-            self.fail(record, job, format_error(error), may_retry=False)
-        except Exception as error:
-            self.fail(record, job, format_error(error))
-        else:
-            if defer_success:
-                self._successes.append((job, result))
-            else:
-                self._finish(job, self.store.complete(record.id, self.id, result), "succeeded")
+            outcome = self.runner.run(attempt)
         finally:
-            reset_current(token)
             self.current = None
-
-    def _is_cancel_requested(self, job_id: str) -> bool:
-        record = self.store.get(job_id)
-        return record is not None and record.is_cancel_requested
-
-    def _report(self, attempt: _Attempt, fraction: float, message: str | None) -> None:
-        if attempt.is_timed_out:
-            raise JobTimeout(f"Job {attempt.record.id} ran over its timeout.")
-        if self.store.set_progress(attempt.record.id, self.id, fraction, message):
-            raise JobCancelled(f"Job {attempt.record.id} was cancelled.")
-
-    def fail(
-        self, record: JobRecord, job: Job[t.Any], error: str, *, may_retry: bool = True
-    ) -> None:
-        """Record a failed attempt: a retry with back-off if any is left, else failed."""
-        retry_at = delay = None
-        if may_retry and record.attempts <= record.max_retries:
-            delay = backoff(record.attempts, base=record.retry_backoff)
-            retry_at = time.time() + delay
-        is_ours = self.store.fail(record.id, self.id, error, retry_at)
-        summary = error.split("\n", 1)[0]
-        if delay is not None:
-            logger.info(
-                "Job %s (%s) failed on attempt %d, retrying in %.1f s: %s",
-                record.id,
-                record.task,
-                record.attempts,
-                delay,
-                summary,
-            )
-            self._finish(job, is_ours, "retrying")
-        else:
-            logger.warning(
-                "Job %s (%s) failed on its last attempt (%d): %s\n%s",
-                record.id,
-                record.task,
-                record.attempts,
-                summary,
-                error.split("\n", 1)[-1],
-            )
-            self._finish(job, is_ours, "failed")
-
-    def _give_up(self, record: JobRecord, why: str) -> None:
-        error = (
-            f"flask_afterward.errors.JobFailed: job {record.id} cannot run: {why}. Deploy "
-            "code that defines the task, then run 'flask afterward retry ID'."
-        )
-        logger.error("Job %s (%s) cannot run: %s.", record.id, record.task, why)
-        self.fail(record, Job(record, self.store), error, may_retry=False)
-
-    def _finish(self, job: Job[t.Any], is_ours: bool, outcome: str) -> None:
-        if not is_ours:
-            # Our lease expired (or the timeout failed it) and the job moved on.
-            logger.warning(
-                "Job %s finished (%s) after its worker lost it; the outcome is discarded.",
-                job.id,
-                outcome,
-            )
+        if outcome is None:  # timed out: the monitor recorded it
             return
-        logger.debug("Job %s (%s) %s.", job.id, job.record.task, outcome)
-        _send(job_finished, self.app, job=job, outcome=outcome)
-
-
-def _send(signal: NamedSignal, app: Flask, **kwargs: t.Any) -> None:
-    """Send a signal; a receiver that raises is logged and must not strand the job."""
-    try:
-        signal.send(app, **kwargs)
-    except Exception:
-        logger.exception("A receiver of the %s signal failed.", signal.name)
+        if outcome.state == State.SUCCEEDED:
+            self._successes.append((record, outcome.result))
+        else:
+            self.runner.record(record, outcome)
 
 
 class WorkerGroup:
-    """``threads`` workers in named threads, plus a supervisor; owned and stopped here.
+    """``threads`` workers in named threads, plus a monitor; owned and stopped here.
 
-    :param name: thread name prefix: ``{name}-1`` … and ``{name}-supervisor``.
+    :param name: thread name prefix: ``{name}-1`` … and ``{name}-monitor``.
     """
 
     def __init__(
@@ -396,16 +270,16 @@ class WorkerGroup:
         self._lock = threading.Lock()
         self._workers: dict[Worker, threading.Thread] = {}
         self._count = 0
-        self._supervisor: threading.Thread | None = None
+        self._monitor: threading.Thread | None = None
 
     def start(self, *, burst: bool = False) -> None:
-        """Start the worker threads and the supervisor."""
+        """Start the worker threads and the monitor."""
         for _ in range(self.size):
             self._spawn(burst=burst)
-        self._supervisor = threading.Thread(
-            target=self._supervise, name=f"{self.name}-supervisor", daemon=True
+        self._monitor = threading.Thread(
+            target=self._watch, name=f"{self.name}-monitor", daemon=True
         )
-        self._supervisor.start()
+        self._monitor.start()
 
     def _spawn(self, *, burst: bool = False) -> None:
         with self._lock:
@@ -424,7 +298,7 @@ class WorkerGroup:
             self._workers[worker] = thread
         thread.start()
 
-    def _supervise(self) -> None:
+    def _watch(self) -> None:
         tick = min(1.0, self.lease / 3)
         next_prune = time.monotonic()
         while not self.stop.wait(tick) or self.running():
@@ -449,18 +323,18 @@ class WorkerGroup:
         if pruned:
             logger.info("Pruned %d finished jobs past their result TTL.", pruned)
 
-    def _check(self, worker: Worker, attempt: _Attempt) -> None:
+    def _check(self, worker: Worker, attempt: Attempt) -> None:
         now = time.monotonic()
         record = attempt.record
         if worker.claimed and now - attempt.started >= QUICK_JOB:
             # A slow job: the jobs of its batch go back to the queue, for other
             # workers, instead of waiting behind it (their leases are not extended).
             worker.give_back()
-        if attempt.deadline is not None and now >= attempt.deadline and not attempt.is_timed_out:
+        if attempt.is_overdue(now) and not attempt.is_timed_out:
             attempt.is_timed_out = True
             worker.is_abandoned = True
             error = JobTimeout(f"Job {record.id} ran over its timeout of {record.timeout} s.")
-            worker.fail(record, Job(record, self.store), format_error(error))
+            worker.runner.record(record, worker.runner.failure(record, error))
             logger.warning(
                 "Job %s (%s) timed out; its thread %s is abandoned and replaced.",
                 record.id,

@@ -1363,3 +1363,15 @@ def test_stores_declare_their_capabilities_and_reach(tmp_path: pathlib.Path) -> 
             assert opened.is_shared_across_machines is False, name
         finally:
             opened.close()
+
+
+def test_a_closed_store_connects_again_when_used(store: Store) -> None:
+    # Given a job stored, then the store closed (as init_app does after validating it),
+    record = store.enqueue(make())
+    store.close()
+
+    # When it is used again, it works on what was stored before.
+    again = store.enqueue(make())
+
+    assert state_of(store, record.id) == State.QUEUED
+    assert {r.id for r in store.list()} == {record.id, again.id}

@@ -167,7 +167,14 @@ class Store(t.Protocol):
         ...
 
     def close(self) -> None:
-        """Release connections. The store must not be used afterwards."""
+        """Release every connection (and lock file) the store holds, in all threads.
+
+        Like SQLAlchemy's ``Engine.dispose()``, it does not end the store: a later call
+        connects again, in the thread that makes it. ``init_app`` relies on that: it
+        opens the store to validate the URL at once, then closes it, so that a server
+        forking after ``init_app`` (gunicorn ``--preload``) hands its children no
+        connection. Call it only when no other thread is using the store.
+        """
         ...
 
 
