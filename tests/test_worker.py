@@ -30,9 +30,9 @@ from flask_afterward import Afterward
 from flask_afterward import current_job
 from flask_afterward import progress
 from flask_afterward import State
-from flask_afterward import worker as worker_module
 from flask_afterward.errors import JobFailed
 from flask_afterward.errors import JobTimeout
+from flask_afterward.executors import LocalExecutor
 from flask_afterward.records import error_summary
 from flask_afterward.records import JobRecord
 from flask_afterward.records import new_job_id
@@ -40,7 +40,9 @@ from flask_afterward.runner import backoff
 from flask_afterward.signals import job_enqueued
 from flask_afterward.signals import job_finished
 from flask_afterward.signals import job_started
+from flask_afterward.state import get_state
 from flask_afterward.worker import Worker
+from flask_afterward.worker import WorkerGroup
 from tests.tier2 import group_for
 from tests.tier2 import run_burst
 from tests.tier2 import STORE_IDS
@@ -623,55 +625,32 @@ def test_no_in_process_workers_with_afterward_workers_zero(app: Flask) -> None:
         afterward.close(app, timeout=5)
 
 
-class _SlowPollWorker(Worker):
-    """A worker whose idle wait is 30 s, so only a wake-up can make it start a job soon.
-
-    ``polls`` is released each time it finds nothing to do.
-    """
-
-    polls = threading.Semaphore(0)
-
-    def __init__(self, *args: t.Any, **kwargs: t.Any) -> None:
-        super().__init__(*args, **{**kwargs, "min_idle": 30.0, "max_idle": 30.0})
-
-    def _claim_and_run(self) -> bool:  # what each turn of Worker.run calls
-        found = super()._claim_and_run()
-        if not found:
-            self.polls.release()
-        return found
-
-
-@pytest.fixture
-def slow_poll(monkeypatch: pytest.MonkeyPatch) -> threading.Semaphore:
-    """In-process workers poll every 30 s; returns the semaphore of their empty polls."""
-    polls = threading.Semaphore(0)
-    monkeypatch.setattr(_SlowPollWorker, "polls", polls)
-    monkeypatch.setattr(worker_module, "Worker", _SlowPollWorker)
-    return polls
-
-
-def test_a_job_enqueued_in_this_process_wakes_an_idle_worker_at_once(
-    live_app: Flask, slow_poll: threading.Semaphore
-) -> None:
+def test_a_job_enqueued_in_this_process_wakes_an_idle_worker_at_once(live_app: Flask) -> None:
     afterward = Afterward(live_app)
 
     @afterward.task
     def ping() -> str:
         return "pong"
 
+    # Given this process's workers: one thread whose idle wait is 30 s,
+    state = get_state(live_app)
+    assert isinstance(state.executor, LocalExecutor)
+    group = WorkerGroup(
+        live_app, store_of(live_app), afterward.tasks, threads=1, min_idle=30.0, max_idle=30.0
+    )
+    state.executor.use_workers(group)
+    group.start()
     try:
-        # Given both workers idle, each in a 30 s wait
-        live_app.test_client().get("/")
-        assert slow_poll.acquire(timeout=5) and slow_poll.acquire(timeout=5)
         with live_app.app_context():
+            # idle now: the first job's success is recorded by its next claim, which
+            # found nothing else, so it waits 30 s unless woken
+            assert ping.delay().result(timeout=10) == "pong"
             # When a job is enqueued here
             job = ping.delay()
-            # Then a worker starts it at once, not after its idle wait
-            assert job.result(timeout=5) == "pong"
-        record = job.record
-        assert record.started_at is not None
-        assert record.started_at - record.created_at < 0.25  # idle max is 0.5 s
+            # Then the worker runs it at once, well before its 30 s idle wait ends
+            assert job.result(timeout=10) == "pong"
     finally:
+        group.close(5)
         afterward.close(live_app, timeout=5)
 
 

@@ -255,11 +255,15 @@ class WorkerGroup:
         queues: cabc.Sequence[str] | None = None,
         lease: float = 30.0,
         name: str = "flask-afterward-worker",
+        min_idle: float = 0.02,
+        max_idle: float = 0.5,
     ) -> None:
         self.app = app
         self.store = store
         self.tasks = tasks
         self.size = threads
+        #: the idle poll back-off of each worker, from ``min_idle`` to ``max_idle`` s
+        self.idle = (min_idle, max_idle)
         self.queues = queues
         self.lease = lease
         self.name = name
@@ -286,7 +290,14 @@ class WorkerGroup:
             self._count += 1
             name = f"{self.name}-{self._count}"
             worker = Worker(
-                self.app, self.store, self.tasks, queues=self.queues, lease=self.lease, name=name
+                self.app,
+                self.store,
+                self.tasks,
+                queues=self.queues,
+                lease=self.lease,
+                name=name,
+                min_idle=self.idle[0],
+                max_idle=self.idle[1],
             )
             thread = threading.Thread(
                 target=worker.run,
