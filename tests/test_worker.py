@@ -333,7 +333,7 @@ def test_a_job_over_its_timeout_is_failed_and_its_thread_replaced(
     assert ran_in == ["flask-afterward-worker-2"]
     job.refresh()
     assert job.state == State.FAILED  # the late end of the abandoned run is discarded
-    # The supervisor stopped extending the abandoned attempt's lease: no false alarms.
+    # The monitor stopped extending the abandoned attempt's lease: no false alarms.
     assert "lost its lease" not in caplog.text
 
 
@@ -461,11 +461,11 @@ def test_close_requeues_a_job_that_runs_past_its_timeout(
             job.refresh()
             assert job.state == State.QUEUED
             assert job.record.attempts == 0  # a shutdown does not use up an attempt
-            # The supervisor finds the lease gone, says so once, and stops extending.
+            # The monitor finds the lease gone, says so once, and stops extending.
             deadline = time.monotonic() + 5
             while "lost its lease" not in caplog.text and time.monotonic() < deadline:
                 release.wait(0.05)
-            release.wait(0.6)  # three more supervisor ticks
+            release.wait(0.6)  # three more monitor ticks
             assert caplog.text.count("lost its lease") == 1
         finally:
             release.set()
