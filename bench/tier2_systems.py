@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections.abc as cabc
 import contextlib
 import dataclasses
+import os
 import pathlib
 import sqlite3
 import subprocess
@@ -21,6 +22,7 @@ import harness
 import tier2_common
 
 BIN = pathlib.Path(sys.executable).parent
+BENCH_DIR = pathlib.Path(__file__).parent
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,6 +85,9 @@ class System:
         env[tier2_common.STORE_ENV] = f"sqlite:///{run / 'jobs.sqlite3'}{sync}"
         if redis is not None:
             env[tier2_common.REDIS_ENV] = redis.url
+        if self.key == "afterward-base":
+            # The same benchmark on another checkout's code, imported before ours.
+            env["PYTHONPATH"] = os.pathsep.join([str(BENCH_DIR), f"{BASE_SRC}/src"])
         return env
 
     def worker(self, env: dict[str, str], *, burst: bool) -> list[str]:
@@ -146,5 +151,16 @@ SYSTEMS: list[System] = [
     System("celery", "Celery, Redis broker, threads pool", "celery", False),
     System("raw", "raw SQLite (WAL, NORMAL): reference", "raw", True),
 ]
+#: BENCH_BASE_SRC=/path/to/another/checkout adds a row for its code, measured beside
+#: ours in every round: how a change is compared with main, side by side.
+BASE_SRC = os.environ.get("BENCH_BASE_SRC")
+if BASE_SRC:
+    SYSTEMS.insert(
+        1, System("afterward-base", f"flask-afterward at {BASE_SRC}, NORMAL", "afterward", True)
+    )
+#: BENCH_SYSTEMS=key,key measures only those rows (``afterward-normal`` always).
+if os.environ.get("BENCH_SYSTEMS"):
+    _wanted = {"afterward-normal", *os.environ["BENCH_SYSTEMS"].split(",")}
+    SYSTEMS[:] = [system for system in SYSTEMS if system.key in _wanted]
 #: the row every ratio is against
 BASE = "afterward-normal"
