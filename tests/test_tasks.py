@@ -193,7 +193,8 @@ def test_bad_option_values_are_refused_at_options(
     def noop() -> None:
         pass
 
-    with pytest.raises(ConfigurationError):
+    (name,) = options
+    with pytest.raises(ConfigurationError, match=f"Task option {name}="):
         noop.options(**options)  # type: ignore[arg-type]
 
 
@@ -217,7 +218,8 @@ def test_bad_option_values_are_refused_at_the_decorator(
         pass
 
     task: t.Any = afterward.task  # the values are wrong on purpose
-    with pytest.raises(ConfigurationError):
+    (name,) = options
+    with pytest.raises(ConfigurationError, match=f"Task option {name}="):
         task(**options)(noop)
 
     assert not [name for name in afterward.tasks if name.endswith(".noop")]
