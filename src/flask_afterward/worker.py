@@ -101,8 +101,8 @@ class Worker:
         #: jobs claimed in the last batch and not started yet; running under our lease
         self.claimed: collections.deque[JobRecord] = collections.deque()
         self._claimed_at = 0.0
-        #: succeeded jobs and their results, recorded with the next claim
-        self._successes: list[tuple[JobRecord, str | None]] = []
+        #: succeeded jobs and their outcomes, recorded with the next claim
+        self._successes: list[tuple[JobRecord, Outcome]] = []
         #: how long the last job ran; a batch is claimed only after a quick one
         self._last_run = math.inf
         #: the last claim asked for a batch and got fewer jobs: the queue is shallow
@@ -152,7 +152,7 @@ class Worker:
         """Record the held successes and claim up to ``limit`` jobs, in one commit."""
         done = self._successes
         is_ours, records = self.store.complete_and_claim_many(
-            [(record.id, result) for record, result in done],
+            [(record.id, outcome.result) for record, outcome in done],
             self.id,
             self.queues,
             self.lease,
@@ -160,8 +160,8 @@ class Worker:
         )
         self._claimed_at = time.monotonic()
         self._successes = []  # only now: a store error keeps them for flush()
-        for (record, result), is_recorded in zip(done, is_ours, strict=True):
-            self.runner.finished(record, Outcome(State.SUCCEEDED, result=result), is_recorded)
+        for (record, outcome), is_recorded in zip(done, is_ours, strict=True):
+            self.runner.finished(record, outcome, is_recorded)
         return records
 
     def give_back(self) -> int:
@@ -234,7 +234,7 @@ class Worker:
         if outcome is None:  # timed out: the monitor recorded it
             return
         if outcome.state == State.SUCCEEDED:
-            self._successes.append((record, outcome.result))
+            self._successes.append((record, outcome))
         else:
             self.runner.record(record, outcome)
 
