@@ -13,6 +13,7 @@ from __future__ import annotations
 import collections.abc as cabc
 import os
 import pathlib
+import re
 import signal
 import sqlite3
 import subprocess
@@ -25,6 +26,7 @@ import pytest
 from flask_afterward.config import Settings
 from flask_afterward.errors import ConfigurationError
 from flask_afterward.records import State
+from flask_afterward import stores as stores_package
 from flask_afterward.stores import open_store
 from flask_afterward.stores import sqlite as sqlite_module
 from flask_afterward.stores.memory import MemoryStore
@@ -172,6 +174,24 @@ def test_synchronous_full_on_request(path: str) -> None:
         assert connection_pragma(store, "synchronous") == 2  # FULL
     finally:
         store.close()
+
+
+@pytest.mark.parametrize("level", ["EXTRA", "OFF", "extra", "fast", ""])
+def test_synchronous_accepts_only_what_its_messages_promise(
+    tmp_path: pathlib.Path, level: str
+) -> None:
+    # Given a level SQLite knows (EXTRA, OFF) or not, which the store does not promise
+    url = f"sqlite:///{tmp_path}/jobs.sqlite3?synchronous={level}"
+
+    # Then the URL and the constructor refuse it, naming the key, the value and the
+    # levels accepted, with the same words the unknown-option message uses
+    accepted = stores_package._SQLITE_OPTIONS["synchronous"]
+    expected = f"AFTERWARD_STORE option synchronous={level!r} is not valid: expected {accepted}"
+    with pytest.raises(ConfigurationError, match=re.escape(expected)):
+        open_store(Settings(store=url), instance_path=str(tmp_path))
+    with pytest.raises(ConfigurationError, match=re.escape(expected)):
+        SqliteStore(str(tmp_path / "direct.sqlite3"), synchronous=level)
+    assert not list(tmp_path.iterdir())  # refused before any file was made
 
 
 def test_every_thread_gets_a_connection_with_the_recipe(store: SqliteStore) -> None:

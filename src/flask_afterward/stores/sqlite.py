@@ -56,6 +56,11 @@ PAGE_SIZE: t.Final = 2048
 RECOVERY_INTERVAL: t.Final = 1.0
 #: WAL pages after which a commit at NORMAL checkpoints (SQLite's default: 1,000).
 NORMAL_CHECKPOINT_PAGES: t.Final = 10_000
+#: The ``synchronous`` levels the store accepts, in any case. Not OFF (a crash of the
+#: machine can corrupt the file) and not EXTRA (it only adds a sync of the folder on a
+#: journal delete, which WAL mode never does): the two that remain are the two
+#: promises ``docs/durability.rst`` makes, and the checkpoint tuning assumes one of them.
+SYNCHRONOUS_LEVELS: t.Final = ("NORMAL", "FULL")
 
 #: The lock file is the database's path plus this. Every write and every new
 #: connection's setup holds it, so that our writers take turns in the order they came:
@@ -157,7 +162,7 @@ class SqliteStore:
 
     :param path: the database file; its folder is created if missing.
     :param defer_grace: seconds after which a deferred job is released anyway.
-    :param synchronous: ``"NORMAL"`` (default) or ``"FULL"``.
+    :param synchronous: ``"NORMAL"`` (default) or ``"FULL"``, in any case.
     :param busy_timeout: seconds a writer waits for the lock before failing.
     """
 
@@ -173,9 +178,10 @@ class SqliteStore:
         synchronous: str = "NORMAL",
         busy_timeout: float = 10.0,
     ) -> None:
-        if synchronous.upper() not in ("NORMAL", "FULL", "EXTRA", "OFF"):
+        if synchronous.upper() not in SYNCHRONOUS_LEVELS:
             raise ConfigurationError(
-                f"synchronous={synchronous!r} in AFTERWARD_STORE is not valid: use NORMAL or FULL."
+                f"AFTERWARD_STORE option synchronous={synchronous!r} is not valid: expected "
+                f"{' or '.join(SYNCHRONOUS_LEVELS)} (in any case). Fix it in the store URL."
             )
         self.path = path
         #: the file our writers queue on (:data:`LOCK_SUFFIX`)
@@ -219,7 +225,7 @@ class SqliteStore:
             connection.execute(f"PRAGMA page_size={PAGE_SIZE}")
             connection.execute("PRAGMA journal_mode=WAL")
             connection.execute(f"PRAGMA synchronous={self.synchronous}")
-            if self.synchronous not in ("FULL", "EXTRA"):
+            if self.synchronous == "NORMAL":
                 # At NORMAL the checkpoint's fsyncs are most of a writer's waits for the
                 # disk, and a checkpoint copies a page once however many commits changed
                 # it: fewer, larger ones (a WAL of up to ~20 MB) made enqueue ~15% faster.
