@@ -11,6 +11,7 @@ except in the test that is about fork.
 from __future__ import annotations
 
 import collections.abc as cabc
+import dataclasses
 import os
 import pathlib
 import re
@@ -25,6 +26,7 @@ import pytest
 
 from flask_afterward.config import Settings
 from flask_afterward.errors import ConfigurationError
+from flask_afterward.records import JobRecord
 from flask_afterward.records import State
 from flask_afterward import stores as stores_package
 from flask_afterward.stores import open_store
@@ -158,6 +160,38 @@ def test_a_missing_folder_is_created_with_the_lock_file_in_it(
     assert path.is_file()
     assert pathlib.Path(str(path) + sqlite_module.LOCK_SUFFIX).is_file()
     assert "lock file" not in caplog.text
+
+
+@pytest.mark.parametrize("query", ["insert", "insert_plain"])
+def test_both_inserts_store_every_field_of_a_record(
+    monkeypatch: pytest.MonkeyPatch, query: str
+) -> None:
+    # The inserts are generated from JobRecord's fields, not listed by hand: a field
+    # added to JobRecord (here a pretend one) reaches them without editing the SQL,
+    fields = (*(field.name for field in dataclasses.fields(JobRecord)), "flavour")
+    monkeypatch.setattr(sqlite_module, "_FIELDS", fields)
+    monkeypatch.setattr(sqlite_module, "_COLUMNS", ", ".join(fields))
+    sql = sqlite_module._load_queries()[query]
+
+    # with every field named once, in order, then expires_at, and one parameter each
+    named = re.search(r"INSERT (?:OR IGNORE )?INTO afterward_jobs \(([^)]*)\)", sql)
+    assert named is not None, sql
+    assert [column.strip() for column in named[1].split(",")] == [*fields, "expires_at"]
+    assert sql.count("?") == len(fields) + 1 + (query == "insert")  # + the unique key
+
+
+def test_a_unique_insert_refused_each_try_gives_up_after_three(store: SqliteStore) -> None:
+    # Given a finished job with a unique key (as eager mode stores it)
+    record = make(state=State.SUCCEEDED, unique_key="report:7", finished_at=time.time())
+    assert store.enqueue(record) == record
+
+    # When the same record is enqueued again: its id is taken, and no active job
+    # holds its key, so each try finds no holder to return and tries again
+    with pytest.raises(RuntimeError, match="Could not store job .* after 3 tries"):
+        store.enqueue(record)
+
+    # Then the stored job is untouched
+    assert store.get(record.id) == record
 
 
 # -- The connection recipe -----------------------------------------------------------
@@ -466,6 +500,7 @@ def test_processes_claiming_from_one_file_get_each_job_exactly_once(
 OPENER = """
 import sys
 from flask_afterward.records import JobRecord
+from flask_afterward.records import JobRecord
 from flask_afterward.records import State
 from flask_afterward.records import new_job_id
 from flask_afterward.stores.sqlite import SqliteStore
@@ -626,6 +661,7 @@ def test_a_deleted_lock_file_is_made_again_by_the_next_connection(store: SqliteS
 #: Run by the process that gets killed: enqueue, claim one job, then hang.
 VICTIM = """
 import sys
+from flask_afterward.records import JobRecord
 from flask_afterward.records import JobRecord
 from flask_afterward.records import State
 from flask_afterward.records import new_job_id

@@ -327,13 +327,12 @@ class SqliteStore:
         if record.state in TERMINAL and record.secrets is not None:
             record = record.replace(secrets=None)
         db = self._db
+        row = (*_field_values(record), record.expires_at)
         if record.unique_key is None:
-            row = (*_field_values(record), record.expires_at)
             with self._writing:
                 db.execute(_SQL["insert_plain"], row)
             return record
-        values = {name: getattr(record, name) for name in _FIELDS}
-        values["expires_at"] = record.expires_at
+        values = (*row, record.unique_key)
         for _ in range(3):
             with self._writing:
                 is_stored = db.execute(_SQL["insert"], values).rowcount == 1
@@ -341,11 +340,11 @@ class SqliteStore:
                 return record
             # Ignored: an active job holds the unique key. Return it (it may have
             # finished meanwhile, then try again).
-            row = self._db.execute(
+            holder = self._db.execute(
                 _SQL["get_active_unique"], {"unique_key": record.unique_key}
             ).fetchone()
-            if row is not None:
-                return _record(row)
+            if holder is not None:
+                return _record(holder)
         raise RuntimeError(f"Could not store job {record.id} after 3 tries.")
 
     def get(self, job_id: str) -> JobRecord | None:

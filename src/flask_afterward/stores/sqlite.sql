@@ -65,20 +65,12 @@ INSERT INTO afterward_jobs ({columns}, expires_at) VALUES ({placeholders}, ?);
 -- insert --
 -- Ignored (no row) when an active job holds the unique key: the unique index catches
 -- an active record, the WHERE a finished one (eager mode), which the index does not
--- cover.
-INSERT OR IGNORE INTO afterward_jobs (
-    id, task, payload, state, queue, priority, attempts, max_retries, retry_backoff,
-    timeout, result_ttl, unique_key, created_at, run_at, started_at, finished_at,
-    worker, lease_until, progress, message, result, error, is_cancel_requested, expires_at,
-    secrets
-) SELECT
-    :id, :task, :payload, :state, :queue, :priority, :attempts, :max_retries,
-    :retry_backoff, :timeout, :result_ttl, :unique_key, :created_at, :run_at,
-    :started_at, :finished_at, :worker, :lease_until, :progress, :message, :result,
-    :error, :is_cancel_requested, :expires_at, :secrets
-WHERE :unique_key IS NULL OR NOT EXISTS (
+-- cover. Parameters as in insert_plain, then the unique key once more.
+INSERT OR IGNORE INTO afterward_jobs ({columns}, expires_at)
+SELECT {placeholders}, ?
+WHERE NOT EXISTS (
     SELECT 1 FROM afterward_jobs
-    WHERE unique_key = :unique_key AND state IN ('deferred', 'queued', 'running')
+    WHERE unique_key = ? AND state IN ('deferred', 'queued', 'running')
 );
 
 -- get_active_unique --
