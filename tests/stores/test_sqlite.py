@@ -24,11 +24,13 @@ import time
 
 import pytest
 
+from flask_afterward import stores as stores_package
 from flask_afterward.config import Settings
+from flask_afterward.errors import AfterwardError
 from flask_afterward.errors import ConfigurationError
+from flask_afterward.errors import StoreError
 from flask_afterward.records import JobRecord
 from flask_afterward.records import State
-from flask_afterward import stores as stores_package
 from flask_afterward.stores import open_store
 from flask_afterward.stores import sqlite as sqlite_module
 from flask_afterward.stores.memory import MemoryStore
@@ -180,17 +182,20 @@ def test_both_inserts_store_every_field_of_a_record(
     assert sql.count("?") == len(fields) + 1 + (query == "insert")  # + the unique key
 
 
-def test_a_unique_insert_refused_each_try_gives_up_after_three(store: SqliteStore) -> None:
+def test_a_unique_insert_refused_each_try_raises_a_store_error(store: SqliteStore) -> None:
     # Given a finished job with a unique key (as eager mode stores it)
     record = make(state=State.SUCCEEDED, unique_key="report:7", finished_at=time.time())
     assert store.enqueue(record) == record
 
     # When the same record is enqueued again: its id is taken, and no active job
     # holds its key, so each try finds no holder to return and tries again
-    with pytest.raises(RuntimeError, match="Could not store job .* after 3 tries"):
+    with pytest.raises(StoreError, match="Could not store job .* 'report:7'.*stored already"):
         store.enqueue(record)
 
-    # Then the stored job is untouched
+    # Then the error is one of ours, catchable by its natural type too, and the stored
+    # job is untouched
+    assert issubclass(StoreError, AfterwardError)
+    assert issubclass(StoreError, RuntimeError)
     assert store.get(record.id) == record
 
 

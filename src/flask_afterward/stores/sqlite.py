@@ -38,6 +38,7 @@ except ImportError:  # Windows: writers wait in SQLite's busy handler (LOCK_SUFF
     fcntl = None  # type: ignore[assignment]
 
 from ..errors import ConfigurationError
+from ..errors import StoreError
 from ..records import ALL_CAPABILITIES
 from ..records import claim_order
 from ..records import JobRecord
@@ -345,7 +346,14 @@ class SqliteStore:
             ).fetchone()
             if holder is not None:
                 return _record(holder)
-        raise RuntimeError(f"Could not store job {record.id} after 3 tries.")
+        # Each try was refused, yet no active job held the key when looked up.
+        raise StoreError(
+            f"Could not store job {record.id} with unique key {record.unique_key!r}: three "
+            "inserts were refused without an active job holding the key. Either a job "
+            "with this id is stored already (enqueue a record once; new ones get a new "
+            "id), or jobs with this key finish as fast as they are enqueued (enqueue "
+            "it again)."
+        )
 
     def get(self, job_id: str) -> JobRecord | None:
         row = self._db.execute(_SQL["get"], {"id": job_id, "now": time.time()}).fetchone()
