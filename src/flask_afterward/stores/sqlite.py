@@ -91,13 +91,18 @@ def _load_queries() -> dict[str, str]:
         if line.startswith("-- ") and line.endswith(" --") and " " not in line[3:-3]:
             name = line[3:-3]
             queries[name] = ""
-        elif name is not None:
+        elif name is not None and not line.startswith("--"):
             queries[name] += line + "\n"
-    placeholders = ", ".join("?" * len(_FIELDS))
-    return {
-        name: sql.replace("{columns}", _COLUMNS).replace("{placeholders}", placeholders).strip()
-        for name, sql in queries.items()
+    fragments = {
+        "{columns}": _COLUMNS,
+        "{placeholders}": ", ".join("?" * len(_FIELDS)),
+        "{claim_order}": queries.pop("claim_order").strip(),
     }
+    for name, sql in queries.items():
+        for fragment, value in fragments.items():
+            sql = sql.replace(fragment, value)
+        queries[name] = sql.strip()
+    return queries
 
 
 _SQL: t.Final = _load_queries()
