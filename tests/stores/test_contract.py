@@ -1,7 +1,8 @@
 """The store contract: one behavioural suite, run against every store.
 
 The docstrings of :mod:`flask_afterward.stores.base` are the contract; each test here
-pins one sentence of it. A store is done when it passes this suite (STYLE C1.7).
+pins one sentence of it. A store is done when it passes this suite, not when it has
+tests of its own.
 
 Two fixtures, so that stores which only implement :class:`Store` (Celery, RQ: their
 engines run the jobs) can join the first part without the second:
