@@ -9,8 +9,10 @@ side by side, and an idle pool's threads stay asleep.
 from __future__ import annotations
 
 import collections.abc as cabc
+import os
 import threading
 import time
+import uuid
 
 import pytest
 
@@ -23,9 +25,18 @@ WAIT = 5.0
 
 @pytest.fixture
 def pool() -> cabc.Iterator[CallbackPool]:
-    pool = CallbackPool(threads=4, max_pending=100, shutdown_timeout=WAIT, close_at_exit=False)
+    # A name of its own, so its threads can be told from any other pool's by name.
+    name = f"flask-afterward-callback-{uuid.uuid4().hex[:8]}"
+    pool = CallbackPool(
+        threads=4, max_pending=100, shutdown_timeout=WAIT, close_at_exit=False, name=name
+    )
     yield pool
     pool.close()
+
+
+def threads_of(pool: CallbackPool) -> list[threading.Thread]:
+    """The pool's live threads, found as anyone can: by the names it gives them."""
+    return [thread for thread in threading.enumerate() if thread.name.startswith(f"{pool.name}-")]
 
 
 def warm_up(pool: CallbackPool) -> None:
@@ -89,6 +100,7 @@ def _switches(threads: list[threading.Thread]) -> int:
     """Context switches so far of these threads, from the kernel's count."""
     total = 0
     for thread in threads:
+        assert thread.native_id is not None  # set once a thread has started
         with open(f"/proc/self/task/{thread.native_id}/status") as status:
             for line in status:
                 if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")):
@@ -96,13 +108,16 @@ def _switches(threads: list[threading.Thread]) -> int:
     return total
 
 
-@pytest.mark.skipif(not hasattr(threading.Thread, "native_id"), reason="needs native ids")
+@pytest.mark.skipif(
+    not os.path.isdir("/proc/self/task"), reason="needs the kernel's per-thread counts in /proc"
+)
 def test_an_idle_pool_does_not_wake_its_threads(pool: CallbackPool) -> None:
     # Given a pool that ran a burst and went idle
     for _ in range(20):
         assert pool.submit(lambda: None)
     assert pool.wait_idle(WAIT)
-    threads = list(pool._threads)
+    threads = threads_of(pool)
+    assert len(threads) == pool.size
     # (the collector and the standby each wake once more, then wait for work)
     deadline = time.monotonic() + WAIT
     before = _switches(threads)
@@ -125,6 +140,8 @@ def test_closing_a_collecting_pool_runs_what_is_queued(pool: CallbackPool) -> No
     ran = threading.Event()
     assert pool.submit(ran.set)
 
+    started = threads_of(pool)
     assert pool.close(WAIT) == 0
     assert ran.is_set()
-    assert not any(thread.is_alive() for thread in pool._threads)
+    assert started and threads_of(pool) == []
+    assert not any(thread.is_alive() for thread in started)

@@ -20,11 +20,19 @@ from .errors import ConfigurationError
 if t.TYPE_CHECKING:
     from flask import Flask
 
+    # Annotations only: jobs sits in a higher layer than config, which must not
+    # import it at run time (imports point one way, from the leaf modules up).
+    from .jobs import Job
+
 #: Where the per-app state lives: ``app.extensions[EXTENSION_KEY]``.
 EXTENSION_KEY: t.Final = "afterward"
 
+#: What the jobs HTTP API asks ``AFTERWARD_AUTHORIZE`` to allow: ``"read"`` a job
+#: (status, result, events) or ``"cancel"`` it.
+Action = t.Literal["read", "cancel"]
 #: ``callable(job, action) -> bool`` deciding who may read or cancel a job over HTTP.
-Authorize = cabc.Callable[[t.Any, str], bool]
+#: A function typed ``(job: Job[Any], action: str) -> bool`` fits too.
+Authorize = cabc.Callable[["Job[t.Any]", Action], bool]
 
 _DEFAULTS: dict[str, object] = {
     "AFTERWARD_STORE": None,  # computed from the instance path

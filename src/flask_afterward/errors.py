@@ -46,6 +46,13 @@ class OutsideRequest(AfterwardError, RuntimeError):
     """
 
 
+class StoreError(AfterwardError, RuntimeError):
+    """The job store could not do what was asked, though it is configured right.
+
+    A conflict it cannot settle on its own; the message says which, and what to do.
+    """
+
+
 class SerializationError(AfterwardError, TypeError):
     """A value cannot be encoded as JSON; the message names the offending argument."""
 

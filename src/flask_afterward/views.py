@@ -30,6 +30,7 @@ from flask import Response
 from flask import url_for
 
 from . import serializers
+from .config import Action
 from .errors import ConfigurationError
 from .errors import SerializationError
 from .jobs import Job
@@ -160,7 +161,7 @@ def _not_found(job_id: str) -> Response:
     return _problem(404, "Job not found", f"No job {job_id!r}: unknown, expired, or not yours.")
 
 
-def _authorized(job_id: str, action: str) -> JobRecord | Response:
+def _authorized(job_id: str, action: Action) -> JobRecord | Response:
     """The job if this request may ``action`` it, else the response to send instead."""
     if not _ID_PATTERN.fullmatch(job_id):
         return _not_found(job_id)

@@ -29,6 +29,9 @@ pytestmark = pytest.mark.live
 SERVER_HEADERS = frozenset({"date", "server", "content-length", "connection", "keep-alive"})
 #: Request threads of each server (gunicorn --threads, waitress threads).
 THREADS = 4
+#: Seconds the slow view takes. A client that waited for it would take at least this
+#: long; a 202 in under half of it proves it did not, with room for a loaded machine.
+SLOW_VIEW = 5
 
 
 class AcceptedServer(LiveServer):
@@ -124,18 +127,22 @@ def assert_problem(response: requests.Response, status: int) -> dict[str, t.Any]
 def test_202_arrives_before_the_view_ran_and_the_result_is_its_response(
     server: AcceptedServer, http: requests.Session
 ) -> None:
-    # When a client posts to a view that takes 2 s
+    # When a client posts to a view that takes SLOW_VIEW seconds
     started = time.perf_counter()
-    response = http.post(server.url("/slow?seconds=2&tag=x"), json={"n": 1}, timeout=10)
+    url = server.url(f"/slow?seconds={SLOW_VIEW}&tag=x")
+    response = http.post(url, json={"n": 1}, timeout=10)
     elapsed = time.perf_counter() - started
 
     # Then 202 arrives well before the view could have ended
     assert response.status_code == 202
-    assert elapsed < 1.0
+    assert elapsed < SLOW_VIEW / 2
     body = response.json()
     assert response.headers["Location"] == body["status_url"]
     assert response.headers["Retry-After"] == "1"
     assert set(body) >= {"id", "state", "status_url", "result_url"}
+    # (and the view is indeed still running or yet to run)
+    now = http.get(server.url(body["status_url"]), timeout=10).json()
+    assert not finished(now), now
 
     # And polling reaches succeeded, and the result URL answers with the view's response
     status = poll(server, http, body["status_url"], finished)
@@ -145,7 +152,7 @@ def test_202_arrives_before_the_view_ran_and_the_result_is_its_response(
     assert result.json() == {
         "method": "POST",
         "json": {"n": 1},
-        "args": {"seconds": ["2"], "tag": ["x"]},
+        "args": {"seconds": [str(SLOW_VIEW)], "tag": ["x"]},
         "remote_addr": "127.0.0.1",
         "job": body["id"],
     }
@@ -162,7 +169,7 @@ def test_202_arrives_before_the_view_ran_and_the_result_is_its_response(
     assert ("x-report", "ready") in served
     assert ("set-cookie", "report=built; Path=/") in served
     assert record.finished_at is not None and record.started_at is not None
-    assert record.finished_at - record.started_at >= 2.0
+    assert record.finished_at - record.started_at >= SLOW_VIEW
 
 
 def test_abort_404_is_404_and_an_exception_a_500_problem(

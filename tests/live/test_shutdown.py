@@ -21,19 +21,22 @@ from tests.live.server import wait_until
 pytestmark = pytest.mark.live
 
 UNFINISHED = "after-response callbacks did not finish within the"
+#: Seconds the callback of the first test sleeps: the stop must come while it runs.
+CALLBACK = 3.0
 
 
 @pytest.mark.parametrize("kind", ["gunicorn-sync", "gunicorn-gthread", "waitress"])
 def test_sigterm_right_after_a_response_lets_its_callback_finish(
     start_server: StartServer, kind: str, token: str
 ) -> None:
-    # Given a server that just answered a request whose callback takes a second
+    # Given a server that just answered a request whose callback takes a while
     server = start_server(kind)
-    response, elapsed = server.get(f"/sleep/{token}?seconds=1")
+    response, elapsed = server.get(f"/sleep/{token}?seconds={CALLBACK}")
     assert response.ok
-    assert elapsed < 1.0
+    assert elapsed < CALLBACK / 2
 
-    # When it is told to stop at once
+    # When it is told to stop at once, while the callback still runs
+    assert not (server.out / f"{token}.done").exists()
     server.signal_and_wait()
 
     # Then the callback finished before the process ended

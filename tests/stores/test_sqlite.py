@@ -11,8 +11,10 @@ except in the test that is about fork.
 from __future__ import annotations
 
 import collections.abc as cabc
+import dataclasses
 import os
 import pathlib
+import re
 import signal
 import sqlite3
 import subprocess
@@ -22,8 +24,12 @@ import time
 
 import pytest
 
+from flask_afterward import stores as stores_package
 from flask_afterward.config import Settings
+from flask_afterward.errors import AfterwardError
 from flask_afterward.errors import ConfigurationError
+from flask_afterward.errors import StoreError
+from flask_afterward.records import JobRecord
 from flask_afterward.records import State
 from flask_afterward.stores import open_store
 from flask_afterward.stores import sqlite as sqlite_module
@@ -158,6 +164,41 @@ def test_a_missing_folder_is_created_with_the_lock_file_in_it(
     assert "lock file" not in caplog.text
 
 
+@pytest.mark.parametrize("query", ["insert", "insert_plain"])
+def test_both_inserts_store_every_field_of_a_record(
+    monkeypatch: pytest.MonkeyPatch, query: str
+) -> None:
+    # The inserts are generated from JobRecord's fields, not listed by hand: a field
+    # added to JobRecord (here a pretend one) reaches them without editing the SQL,
+    fields = (*(field.name for field in dataclasses.fields(JobRecord)), "flavour")
+    monkeypatch.setattr(sqlite_module, "_FIELDS", fields)
+    monkeypatch.setattr(sqlite_module, "_COLUMNS", ", ".join(fields))
+    sql = sqlite_module._load_queries()[query]
+
+    # with every field named once, in order, then expires_at, and one parameter each
+    named = re.search(r"INSERT (?:OR IGNORE )?INTO afterward_jobs \(([^)]*)\)", sql)
+    assert named is not None, sql
+    assert [column.strip() for column in named[1].split(",")] == [*fields, "expires_at"]
+    assert sql.count("?") == len(fields) + 1 + (query == "insert")  # + the unique key
+
+
+def test_a_unique_insert_refused_each_try_raises_a_store_error(store: SqliteStore) -> None:
+    # Given a finished job with a unique key (as eager mode stores it)
+    record = make(state=State.SUCCEEDED, unique_key="report:7", finished_at=time.time())
+    assert store.enqueue(record) == record
+
+    # When the same record is enqueued again: its id is taken, and no active job
+    # holds its key, so each try finds no holder to return and tries again
+    with pytest.raises(StoreError, match="Could not store job .* 'report:7'.*stored already"):
+        store.enqueue(record)
+
+    # Then the error is one of ours, catchable by its natural type too, and the stored
+    # job is untouched
+    assert issubclass(StoreError, AfterwardError)
+    assert issubclass(StoreError, RuntimeError)
+    assert store.get(record.id) == record
+
+
 # -- The connection recipe -----------------------------------------------------------
 
 
@@ -172,6 +213,24 @@ def test_synchronous_full_on_request(path: str) -> None:
         assert connection_pragma(store, "synchronous") == 2  # FULL
     finally:
         store.close()
+
+
+@pytest.mark.parametrize("level", ["EXTRA", "OFF", "extra", "fast", ""])
+def test_synchronous_accepts_only_what_its_messages_promise(
+    tmp_path: pathlib.Path, level: str
+) -> None:
+    # Given a level SQLite knows (EXTRA, OFF) or not, which the store does not promise
+    url = f"sqlite:///{tmp_path}/jobs.sqlite3?synchronous={level}"
+
+    # Then the URL and the constructor refuse it, naming the key, the value and the
+    # levels accepted, with the same words the unknown-option message uses
+    accepted = stores_package._SQLITE_OPTIONS["synchronous"]
+    expected = f"AFTERWARD_STORE option synchronous={level!r} is not valid: expected {accepted}"
+    with pytest.raises(ConfigurationError, match=re.escape(expected)):
+        open_store(Settings(store=url), instance_path=str(tmp_path))
+    with pytest.raises(ConfigurationError, match=re.escape(expected)):
+        SqliteStore(str(tmp_path / "direct.sqlite3"), synchronous=level)
+    assert not list(tmp_path.iterdir())  # refused before any file was made
 
 
 def test_every_thread_gets_a_connection_with_the_recipe(store: SqliteStore) -> None:
@@ -446,6 +505,7 @@ def test_processes_claiming_from_one_file_get_each_job_exactly_once(
 OPENER = """
 import sys
 from flask_afterward.records import JobRecord
+from flask_afterward.records import JobRecord
 from flask_afterward.records import State
 from flask_afterward.records import new_job_id
 from flask_afterward.stores.sqlite import SqliteStore
@@ -606,6 +666,7 @@ def test_a_deleted_lock_file_is_made_again_by_the_next_connection(store: SqliteS
 #: Run by the process that gets killed: enqueue, claim one job, then hang.
 VICTIM = """
 import sys
+from flask_afterward.records import JobRecord
 from flask_afterward.records import JobRecord
 from flask_afterward.records import State
 from flask_afterward.records import new_job_id

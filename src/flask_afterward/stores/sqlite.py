@@ -38,6 +38,7 @@ except ImportError:  # Windows: writers wait in SQLite's busy handler (LOCK_SUFF
     fcntl = None  # type: ignore[assignment]
 
 from ..errors import ConfigurationError
+from ..errors import StoreError
 from ..records import ALL_CAPABILITIES
 from ..records import claim_order
 from ..records import JobRecord
@@ -56,6 +57,11 @@ PAGE_SIZE: t.Final = 2048
 RECOVERY_INTERVAL: t.Final = 1.0
 #: WAL pages after which a commit at NORMAL checkpoints (SQLite's default: 1,000).
 NORMAL_CHECKPOINT_PAGES: t.Final = 10_000
+#: The ``synchronous`` levels the store accepts, in any case. Not OFF (a crash of the
+#: machine can corrupt the file) and not EXTRA (it only adds a sync of the folder on a
+#: journal delete, which WAL mode never does): the two that remain are the two
+#: promises ``docs/durability.rst`` makes, and the checkpoint tuning assumes one of them.
+SYNCHRONOUS_LEVELS: t.Final = ("NORMAL", "FULL")
 
 #: The lock file is the database's path plus this. Every write and every new
 #: connection's setup holds it, so that our writers take turns in the order they came:
@@ -85,13 +91,18 @@ def _load_queries() -> dict[str, str]:
         if line.startswith("-- ") and line.endswith(" --") and " " not in line[3:-3]:
             name = line[3:-3]
             queries[name] = ""
-        elif name is not None:
+        elif name is not None and not line.startswith("--"):
             queries[name] += line + "\n"
-    placeholders = ", ".join("?" * len(_FIELDS))
-    return {
-        name: sql.replace("{columns}", _COLUMNS).replace("{placeholders}", placeholders).strip()
-        for name, sql in queries.items()
+    fragments = {
+        "{columns}": _COLUMNS,
+        "{placeholders}": ", ".join("?" * len(_FIELDS)),
+        "{claim_order}": queries.pop("claim_order").strip(),
     }
+    for name, sql in queries.items():
+        for fragment, value in fragments.items():
+            sql = sql.replace(fragment, value)
+        queries[name] = sql.strip()
+    return queries
 
 
 _SQL: t.Final = _load_queries()
@@ -157,7 +168,7 @@ class SqliteStore:
 
     :param path: the database file; its folder is created if missing.
     :param defer_grace: seconds after which a deferred job is released anyway.
-    :param synchronous: ``"NORMAL"`` (default) or ``"FULL"``.
+    :param synchronous: ``"NORMAL"`` (default) or ``"FULL"``, in any case.
     :param busy_timeout: seconds a writer waits for the lock before failing.
     """
 
@@ -173,9 +184,10 @@ class SqliteStore:
         synchronous: str = "NORMAL",
         busy_timeout: float = 10.0,
     ) -> None:
-        if synchronous.upper() not in ("NORMAL", "FULL", "EXTRA", "OFF"):
+        if synchronous.upper() not in SYNCHRONOUS_LEVELS:
             raise ConfigurationError(
-                f"synchronous={synchronous!r} in AFTERWARD_STORE is not valid: use NORMAL or FULL."
+                f"AFTERWARD_STORE option synchronous={synchronous!r} is not valid: expected "
+                f"{' or '.join(SYNCHRONOUS_LEVELS)} (in any case). Fix it in the store URL."
             )
         self.path = path
         #: the file our writers queue on (:data:`LOCK_SUFFIX`)
@@ -219,7 +231,7 @@ class SqliteStore:
             connection.execute(f"PRAGMA page_size={PAGE_SIZE}")
             connection.execute("PRAGMA journal_mode=WAL")
             connection.execute(f"PRAGMA synchronous={self.synchronous}")
-            if self.synchronous not in ("FULL", "EXTRA"):
+            if self.synchronous == "NORMAL":
                 # At NORMAL the checkpoint's fsyncs are most of a writer's waits for the
                 # disk, and a checkpoint copies a page once however many commits changed
                 # it: fewer, larger ones (a WAL of up to ~20 MB) made enqueue ~15% faster.
@@ -321,13 +333,12 @@ class SqliteStore:
         if record.state in TERMINAL and record.secrets is not None:
             record = record.replace(secrets=None)
         db = self._db
+        row = (*_field_values(record), record.expires_at)
         if record.unique_key is None:
-            row = (*_field_values(record), record.expires_at)
             with self._writing:
                 db.execute(_SQL["insert_plain"], row)
             return record
-        values = {name: getattr(record, name) for name in _FIELDS}
-        values["expires_at"] = record.expires_at
+        values = (*row, record.unique_key)
         for _ in range(3):
             with self._writing:
                 is_stored = db.execute(_SQL["insert"], values).rowcount == 1
@@ -335,12 +346,19 @@ class SqliteStore:
                 return record
             # Ignored: an active job holds the unique key. Return it (it may have
             # finished meanwhile, then try again).
-            row = self._db.execute(
+            holder = self._db.execute(
                 _SQL["get_active_unique"], {"unique_key": record.unique_key}
             ).fetchone()
-            if row is not None:
-                return _record(row)
-        raise RuntimeError(f"Could not store job {record.id} after 3 tries.")
+            if holder is not None:
+                return _record(holder)
+        # Each try was refused, yet no active job held the key when looked up.
+        raise StoreError(
+            f"Could not store job {record.id} with unique key {record.unique_key!r}: three "
+            "inserts were refused without an active job holding the key. Either a job "
+            "with this id is stored already (enqueue a record once; new ones get a new "
+            "id), or jobs with this key finish as fast as they are enqueued (enqueue "
+            "it again)."
+        )
 
     def get(self, job_id: str) -> JobRecord | None:
         row = self._db.execute(_SQL["get"], {"id": job_id, "now": time.time()}).fetchone()

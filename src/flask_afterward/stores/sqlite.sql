@@ -1,5 +1,8 @@
--- All SQL of the sqlite store. Each query starts with a "-- name --" line.
+-- All SQL of the sqlite store. Each query starts with a "-- name --" line; lines that
+-- start with "--" are comments, left out of the query.
 -- Times are Unix timestamps (REAL). Columns match JobRecord's fields, plus expires_at.
+-- In a query, {columns} and {placeholders} stand for JobRecord's fields and one "?"
+-- each; {claim_order} for the claim_order fragment below.
 
 -- migration_1 --
 CREATE TABLE afterward_jobs (
@@ -65,20 +68,12 @@ INSERT INTO afterward_jobs ({columns}, expires_at) VALUES ({placeholders}, ?);
 -- insert --
 -- Ignored (no row) when an active job holds the unique key: the unique index catches
 -- an active record, the WHERE a finished one (eager mode), which the index does not
--- cover.
-INSERT OR IGNORE INTO afterward_jobs (
-    id, task, payload, state, queue, priority, attempts, max_retries, retry_backoff,
-    timeout, result_ttl, unique_key, created_at, run_at, started_at, finished_at,
-    worker, lease_until, progress, message, result, error, is_cancel_requested, expires_at,
-    secrets
-) SELECT
-    :id, :task, :payload, :state, :queue, :priority, :attempts, :max_retries,
-    :retry_backoff, :timeout, :result_ttl, :unique_key, :created_at, :run_at,
-    :started_at, :finished_at, :worker, :lease_until, :progress, :message, :result,
-    :error, :is_cancel_requested, :expires_at, :secrets
-WHERE :unique_key IS NULL OR NOT EXISTS (
+-- cover. Parameters as in insert_plain, then the unique key once more.
+INSERT OR IGNORE INTO afterward_jobs ({columns}, expires_at)
+SELECT {placeholders}, ?
+WHERE NOT EXISTS (
     SELECT 1 FROM afterward_jobs
-    WHERE unique_key = :unique_key AND state IN ('deferred', 'queued', 'running')
+    WHERE unique_key = ? AND state IN ('deferred', 'queued', 'running')
 );
 
 -- get_active_unique --
@@ -139,6 +134,12 @@ SELECT state, count(*) FROM afterward_jobs
 WHERE finished_at >= :since AND (expires_at IS NULL OR expires_at > :now)
 GROUP BY state;
 
+-- claim_order --
+-- The best runnable job first: records.claim_order, which the memory store and the
+-- sort of a claimed batch use, in SQL. The runnable indexes of migration_1 list the
+-- same columns in the same order, so a claim walks an index instead of sorting.
+priority DESC, run_at
+
 -- claim_any --
 -- Up to :limit jobs. INDEXED BY: without statistics the planner prefers another index
 -- and sorts every queued job on each claim, which makes draining a backlog quadratic.
@@ -148,7 +149,7 @@ GROUP BY state;
 WITH first AS (
     SELECT id, attempts FROM afterward_jobs INDEXED BY afterward_jobs_runnable
     WHERE state = 'queued' AND run_at <= :now
-    ORDER BY priority DESC, run_at
+    ORDER BY {claim_order}
     LIMIT 1
 )
 UPDATE afterward_jobs
@@ -157,7 +158,7 @@ SET state = 'running', worker = :worker, lease_until = :now + :lease,
 WHERE id IN (
     SELECT id FROM afterward_jobs INDEXED BY afterward_jobs_runnable
     WHERE state = 'queued' AND run_at <= :now
-    ORDER BY priority DESC, run_at
+    ORDER BY {claim_order}
     LIMIT :limit
 )
 AND (id = (SELECT id FROM first) OR attempts = 0 AND (SELECT attempts FROM first) = 0)
@@ -173,13 +174,13 @@ WITH candidates AS MATERIALIZED (
     JOIN afterward_jobs AS best ON best.id IN (
         SELECT id FROM afterward_jobs INDEXED BY afterward_jobs_runnable_by_queue
         WHERE state = 'queued' AND queue = wanted.value AND run_at <= :now
-        ORDER BY priority DESC, run_at
+        ORDER BY {claim_order}
         LIMIT :limit
     )
-    ORDER BY best.priority DESC, best.run_at
+    ORDER BY {claim_order}
     LIMIT :limit
 ),
-first AS (SELECT id, attempts FROM candidates ORDER BY priority DESC, run_at LIMIT 1)
+first AS (SELECT id, attempts FROM candidates ORDER BY {claim_order} LIMIT 1)
 UPDATE afterward_jobs
 SET state = 'running', worker = :worker, lease_until = :now + :lease,
     attempts = attempts + 1, started_at = :now
