@@ -27,6 +27,7 @@ import typing as t
 
 import pytest
 
+from flask_afterward.errors import StoreError
 from flask_afterward.records import ALL_CAPABILITIES
 from flask_afterward.records import claim_order
 from flask_afterward.records import JobRecord
@@ -1403,3 +1404,13 @@ def test_a_closed_store_connects_again_when_used(store: Store) -> None:
 
     assert state_of(store, record.id) == State.QUEUED
     assert {r.id for r in store.list()} == {record.id, again.id}
+
+
+@pytest.mark.parametrize("unique", [None, "key"])
+def test_enqueueing_an_id_that_is_stored_already_raises_and_changes_nothing(
+    store: Store, unique: str | None
+) -> None:
+    first = store.enqueue(make(state=State.SUCCEEDED, result="1"))
+    with pytest.raises(StoreError, match="is stored already"):
+        store.enqueue(make(id=first.id, unique_key=unique))
+    assert store.get(first.id) == first

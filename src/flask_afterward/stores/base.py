@@ -82,8 +82,9 @@ class Store(t.Protocol):
 
         If ``record.unique_key`` is set and an active (deferred, queued or running)
         job holds that key, nothing is stored and that job's record is returned, whatever
-        the state of ``record``. A finished ``record`` (eager mode) is stored as given,
-        less its ``secrets``.
+        the state of ``record``. A finished ``record`` is stored as given, less its
+        ``secrets``. An id that is stored already raises
+        :class:`~flask_afterward.errors.StoreError` and changes nothing.
         """
         ...
 

@@ -13,6 +13,7 @@ import threading
 import time
 import typing as t
 
+from ..errors import StoreError
 from ..records import ACTIVE
 from ..records import ALL_CAPABILITIES
 from ..records import claim_order
@@ -44,6 +45,11 @@ class MemoryStore:
             holder = self._active_holder(record.unique_key)
             if holder is not None:
                 return holder
+            if record.id in self._jobs:
+                raise StoreError(
+                    f"A job with the id {record.id!r} is stored already. Enqueue a record "
+                    "once; every new job gets a new id (flask_afterward.records.new_job_id)."
+                )
             if record.state in TERMINAL and record.secrets is not None:
                 record = record.replace(secrets=None)
             self._jobs[record.id] = record

@@ -156,6 +156,13 @@ class _WriteLock:
             self.fd = None
 
 
+def _duplicate(job_id: str) -> StoreError:
+    return StoreError(
+        f"A job with the id {job_id!r} is stored already. Enqueue a record once; "
+        "every new job gets a new id (flask_afterward.records.new_job_id)."
+    )
+
+
 def _record(row: tuple[t.Any, ...]) -> JobRecord:
     values = dict(zip(_FIELDS, row, strict=True))
     values["state"] = State(values["state"])
@@ -335,8 +342,11 @@ class SqliteStore:
         db = self._db
         row = (*_field_values(record), record.expires_at)
         if record.unique_key is None:
-            with self._writing:
-                db.execute(_SQL["insert_plain"], row)
+            try:
+                with self._writing:
+                    db.execute(_SQL["insert_plain"], row)
+            except sqlite3.IntegrityError as error:
+                raise _duplicate(record.id) from error
             return record
         values = (*row, record.unique_key)
         for _ in range(3):
