@@ -26,6 +26,17 @@ local function load(id)
     return job
 end
 
+-- The whole record as one JSON object of its fields: one string to parse in Python
+-- instead of two per field (redis-py's reply parser is pure Python).
+local function record(id)
+    local flat = redis.call('HGETALL', JOB .. id)
+    local fields = {}
+    for i = 1, #flat, 2 do
+        fields[flat[i]] = flat[i + 1]
+    end
+    return cjson.encode(fields)
+end
+
 local function expires_at(job)
     if not job.finished_at then
         return false
@@ -196,7 +207,7 @@ local function start(job, worker, now, lease_until)
         'state', 'running', 'worker', worker, 'lease_until', lease_until,
         'attempts', tostring(tonumber(job.attempts) + 1), 'started_at', now,
     })
-    return redis.call('HGETALL', JOB .. job.id)
+    return record(job.id)
 end
 
 -- The ids of the best `limit` runnable jobs of these queues, best first: the priority
@@ -237,24 +248,27 @@ local function best(queues, now, limit)
 end
 
 -- enqueue --
--- ARGV: prefix, id, then the record's field/value pairs (fields that are None left out).
--- Returns nothing if stored, or the record of the active job holding the unique key
--- (or of the job already stored under this id).
-local id = ARGV[2]
-local fields = {}
-for i = 3, #ARGV, 2 do
-    fields[ARGV[i]] = ARGV[i + 1]
-end
+-- ARGV: prefix, the record's fields as one JSON object of strings (None fields left
+-- out: fewer arguments for redis-py to encode one by one). Returns nothing if stored,
+-- or the record of the active job holding the unique key (or of the job already
+-- stored under this id).
+local fields = cjson.decode(ARGV[2])
+local id = fields.id
 if fields.unique_key then
     local holder = redis.call('GET', P .. ':unique:' .. fields.unique_key)
     if holder and redis.call('EXISTS', JOB .. holder) == 1 then
-        return redis.call('HGETALL', JOB .. holder)
+        return record(holder)
     end
 end
 if redis.call('EXISTS', JOB .. id) == 1 then
-    return redis.call('HGETALL', JOB .. id)
+    return record(id)
 end
-redis.call('HSET', JOB .. id, unpack(ARGV, 3))
+local pairs_ = {}
+for name, value in pairs(fields) do
+    pairs_[#pairs_ + 1] = name
+    pairs_[#pairs_ + 1] = value
+end
+redis.call('HSET', JOB .. id, unpack(pairs_))
 local job = {id = id}
 for _, name in ipairs(INDEXED) do
     job[name] = fields[name] or false

@@ -49,6 +49,7 @@ import builtins
 import collections.abc as cabc
 import dataclasses
 import importlib.resources
+import json
 import time
 import typing as t
 import urllib.parse
@@ -124,23 +125,24 @@ def _text(value: float | str) -> str:
     return repr(value) if isinstance(value, float) else str(value)
 
 
-def _encode(record: JobRecord) -> list[str]:
-    """The record as hash field/value pairs; None fields are left out."""
-    pairs: list[str] = []
+def _encode(record: JobRecord) -> str:
+    """The record's fields as stored, in one JSON object; None fields are left out."""
+    fields: dict[str, str] = {}
     for name in _FIELDS:
         value = getattr(record, name)
         if value is None:
             continue
         if isinstance(value, bool):
             value = "1" if value else "0"
-        pairs += (name, _text(value))
-    return pairs
+        fields[name] = _text(value)
+    return json.dumps(fields)
 
 
-def _decode(pairs: cabc.Mapping[str, str] | cabc.Sequence[str]) -> JobRecord:
-    """A record from ``HGETALL``: a mapping (redis-py) or a flat list (a script)."""
-    if not isinstance(pairs, cabc.Mapping):
-        pairs = dict(zip(pairs[::2], pairs[1::2], strict=True))
+def _decode(pairs: cabc.Mapping[str, str] | str) -> JobRecord:
+    """A record from ``HGETALL`` (a mapping) or a script (its fields as a JSON object)."""
+    if isinstance(pairs, str):
+        pairs = json.loads(pairs)
+        assert isinstance(pairs, dict)
     return JobRecord(
         **{name: _DECODERS[name](text) for name, text in pairs.items() if name in _DECODERS}
     )
@@ -213,7 +215,7 @@ class RedisStore:
     def enqueue(self, record: JobRecord) -> JobRecord:
         if record.state in TERMINAL and record.secrets is not None:
             record = record.replace(secrets=None)
-        holder = self._scripts["enqueue"](args=[self.prefix, record.id, *_encode(record)])
+        holder = self._run("enqueue", _encode(record))
         return record if holder is None else _decode(holder)
 
     def get(self, job_id: str) -> JobRecord | None:
