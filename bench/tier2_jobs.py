@@ -1,4 +1,4 @@
-"""Tier 2 durable jobs: flask-afterward's sqlite store against Huey, RQ, Celery, raw SQLite.
+"""Tier 2 durable jobs: flask-afterward's sqlite and redis stores against Huey, RQ, Celery.
 
     .venv/bin/python bench/run.py tier2-jobs       # the docs section (make bench runs it too)
     BENCH_JOBS=1000 BENCH_ROUNDS=1 BENCH_RSS_JOBS=5000 .venv/bin/python bench/run.py tier2-jobs
@@ -32,6 +32,7 @@ from tier2_systems import Redis
 from tier2_systems import redis_server
 from tier2_systems import System
 from tier2_systems import SYSTEMS
+from tier2_systems import USES_REDIS
 
 JOBS = int(os.environ.get("BENCH_JOBS", "10000"))
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
@@ -207,7 +208,7 @@ def measure_round(number: int, workdir: pathlib.Path, redis: Redis) -> dict[str,
     shift = number % len(SYSTEMS)
     results = {}
     for system in SYSTEMS[shift:] + SYSTEMS[:shift]:
-        uses_redis = redis if system.producer in ("rq", "celery") else None
+        uses_redis = redis if system.key in USES_REDIS else None
         path = workdir / f"round-{number}" / system.key
         values = measure_filled(system, path / "filled", uses_redis)
         values |= measure_concurrent(system, path / "concurrent", uses_redis)

@@ -85,6 +85,8 @@ class System:
         env[tier2_common.STORE_ENV] = f"sqlite:///{run / 'jobs.sqlite3'}{sync}"
         if redis is not None:
             env[tier2_common.REDIS_ENV] = redis.url
+            if self.key == "afterward-redis":
+                env[tier2_common.STORE_ENV] = redis.url
         if self.key == "afterward-base":
             # The same benchmark on another checkout's code, imported before ours.
             env["PYTHONPATH"] = os.pathsep.join([str(BENCH_DIR), f"{BASE_SRC}/src"])
@@ -115,6 +117,8 @@ class System:
 
     def leftovers(self, env: dict[str, str], expected: int) -> str:
         """'' if exactly ``expected`` jobs ran once and none is left; else what is wrong."""
+        if self.key == "afterward-redis":
+            return _afterward_redis_leftovers(env[tier2_common.REDIS_ENV], expected)
         if self.producer == "afterward":
             return _afterward_leftovers(env[tier2_common.DB_ENV], expected)
         if self.producer in ("huey", "raw"):
@@ -143,9 +147,28 @@ def _afterward_leftovers(path: str, expected: int) -> str:
     return ""
 
 
+def _afterward_redis_leftovers(url: str, expected: int) -> str:
+    from flask_afterward.records import State
+    from flask_afterward.stores.redis import RedisStore
+
+    store = RedisStore(url)
+    try:
+        counts = store.stats(since=0.0).counts
+        attempts = {record.attempts for record in store.list(limit=expected + 1)}
+    finally:
+        store.close()
+    if counts != {("default", State.SUCCEEDED): expected} or attempts != {1}:
+        return f"expected {expected} jobs succeeded once, found {counts}, attempts {attempts}"
+    return ""
+
+
+#: the systems that need the run's Redis
+USES_REDIS = frozenset({"afterward-redis", "rq", "celery"})
+
 SYSTEMS: list[System] = [
     System("afterward-normal", "flask-afterward, sqlite NORMAL (default)", "afterward", True),
     System("afterward-full", "flask-afterward, sqlite `?synchronous=FULL`", "afterward", True),
+    System("afterward-redis", "flask-afterward, `redis://` (AOF everysec)", "afterward", True),
     System("huey", "Huey `SqliteHuey` (WAL, FULL)", "huey", False),
     System("rq", "RQ `SimpleWorker`, Redis", "rq", True),
     System("celery", "Celery, Redis broker, threads pool", "celery", False),

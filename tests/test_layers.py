@@ -31,6 +31,7 @@ LAYERS: dict[str, int] = {
     "stores.base": 4,
     "stores.memory": 4,
     "stores.sqlite": 4,
+    "stores.redis": 4,
     "callbacks": 5,
     "runner": 5,
     "worker": 5,

@@ -18,11 +18,14 @@ from flask_afterward.records import JobRecord
 from flask_afterward.stores.base import QueueStore
 from flask_afterward.worker import Worker
 from flask_afterward.worker import WorkerGroup
+from tests import redis_server
 
-#: The stores our own worker pulls from; tier-2 semantics must hold on both.
-STORES: t.Final = ("memory://", "sqlite:///afterward.sqlite3")
+#: The stores our own worker pulls from; tier-2 semantics must hold on each (redis
+#: only with redis-server installed: see ``tests/redis_server.py``).
+_REDIS: t.Final = {"redis": redis_server.URL} if redis_server.AVAILABLE else {}
+STORES: t.Final = ("memory://", "sqlite:///afterward.sqlite3", *_REDIS.values())
 #: Pytest ids for :data:`STORES`.
-STORE_IDS: t.Final = ("memory", "sqlite")
+STORE_IDS: t.Final = ("memory", "sqlite", *_REDIS)
 
 
 def store_of(app: Flask) -> QueueStore:

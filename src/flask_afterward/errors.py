@@ -71,3 +71,7 @@ class JobCancelled(AfterwardError):
 
 class JobTimeout(AfterwardError, TimeoutError):
     """The job did not finish within the time given."""
+
+
+class MissingDependency(AfterwardError, ImportError):
+    """An optional dependency is not installed; the message names the extra to install."""

@@ -1,7 +1,9 @@
 """Choose a store by URL scheme, importing it only when asked for (like saq ``Queue.from_url``).
 
 ``sqlite:///relative/path`` is relative to the app's instance folder;
-``sqlite:////absolute/path`` is absolute; ``memory://`` lives in the process.
+``sqlite:////absolute/path`` is absolute; ``memory://`` lives in the process;
+``redis://host:port/db`` (``rediss://`` for TLS) is shared by every machine that
+reaches it, and imports redis-py only when asked for.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ if t.TYPE_CHECKING:
     from .base import Store
 
 #: Schemes ``open_store`` understands.
-SCHEMES: t.Final = ("sqlite", "memory")
+SCHEMES: t.Final = ("sqlite", "memory", "redis", "rediss")
 
 
 def open_store(settings: Settings, *, instance_path: str) -> Store:
@@ -34,6 +36,8 @@ def open_store(settings: Settings, *, instance_path: str) -> Store:
         return MemoryStore(defer_grace=settings.defer_grace)
     if url.scheme == "sqlite":
         return _open_sqlite(settings, url, options, instance_path)
+    if url.scheme in ("redis", "rediss"):
+        return _open_redis(settings, url, options)
     raise ConfigurationError(
         f"AFTERWARD_STORE = {settings.store!r} has an unknown scheme {url.scheme!r}. "
         f"Use one of: {', '.join(s + '://' for s in SCHEMES)}."
@@ -78,6 +82,39 @@ def _open_sqlite(
         defer_grace=settings.defer_grace,
         synchronous=options.get("synchronous", "NORMAL"),
         busy_timeout=busy_timeout,
+    )
+
+
+#: The options of a ``redis://`` URL, with what they accept; redis-py's own URL
+#: options are not passed through (one list of what we support, checked here).
+_REDIS_OPTIONS: t.Final = {
+    "prefix": "the first part of every key, default 'afterward'",
+    "timeout": "seconds to wait for Redis to connect or answer, a number > 0",
+}
+
+
+def _open_redis(
+    settings: Settings, url: urllib.parse.SplitResult, options: dict[str, str]
+) -> Store:
+    from .redis import RedisStore  # raises MissingDependency without redis-py
+
+    _refuse_unknown(settings, options, _REDIS_OPTIONS, "the redis store takes")
+    prefix = options.get("prefix", "afterward")
+    timeout = options.get("timeout", "10")
+    try:
+        seconds = float(timeout)
+    except ValueError:
+        seconds = -1.0
+    if not prefix or not seconds > 0:  # also NaN
+        name, what = ("prefix", prefix) if not prefix else ("timeout", timeout)
+        raise ConfigurationError(
+            f"AFTERWARD_STORE option {name}={what!r} is not valid: expected {_REDIS_OPTIONS[name]}."
+        )
+    return RedisStore(
+        url._replace(query="").geturl(),
+        prefix=prefix,
+        defer_grace=settings.defer_grace,
+        timeout=seconds,
     )
 
 

@@ -10,13 +10,13 @@ share one attempt runner (``runner.py``).
 
 :class:`QueueStore` adds what our own pull :class:`~flask_afterward.worker.Worker`
 needs: claim the next runnable jobs, and recover jobs stuck by a vanished process.
+Every store we ship (memory, sqlite, redis) is a queue store.
 
 Capabilities: a store lists what it honours in ``capabilities`` (see
-:class:`~flask_afterward.records.Capability`); sqlite and memory honour everything.
-``is_shared_across_machines`` says whether web and worker processes on *different*
-machines may use it: memory lives in one process and sqlite in one machine's file
-system (never on a network file system), so a multi-machine deployment needs a
-networked store of record (tier 3).
+:class:`~flask_afterward.records.Capability`); memory, sqlite and redis honour
+everything. ``is_shared_across_machines`` says whether web and worker processes on
+*different* machines may use it: memory lives in one process and sqlite in one
+machine's file system (never on a network file system); redis is shared.
 
 Times are Unix timestamps (floats). Every method is atomic on its own and safe to call
 from several threads; stores that share a file across processes (sqlite) are safe
