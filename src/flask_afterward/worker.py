@@ -47,6 +47,7 @@ from .records import format_error
 from .records import JobRecord
 from .signals import job_finished
 from .signals import job_started
+from .stores.base import observe
 from .tasks import call_task
 from .tasks import Task
 
@@ -431,6 +432,7 @@ class WorkerGroup:
             if time.monotonic() >= next_prune:
                 next_prune = time.monotonic() + PRUNE_INTERVAL
                 self._prune()
+            observe(self)  # dashboard: heartbeats, and the per-minute rollup once a minute
             for worker in self.workers():
                 attempt = worker.current
                 if attempt is not None:
