@@ -147,9 +147,7 @@ def _optional_callable(config: cabc.Mapping[str, t.Any], key: str) -> Authorize 
     return t.cast("Authorize | None", value)
 
 
-def _optional_hook(
-    config: cabc.Mapping[str, t.Any], key: str
-) -> cabc.Callable[[str], bool] | None:
+def _optional_hook(config: cabc.Mapping[str, t.Any], key: str) -> cabc.Callable[[str], bool] | None:
     value = config[key]
     if value is not None and not callable(value):
         raise _bad(key, value, "None or a callable(action) -> bool")
