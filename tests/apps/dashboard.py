@@ -1,9 +1,8 @@
 """An app with the dashboard on and a few tasks, for the dashboard's tests.
 
-``create_app(**config)`` builds it; the browser tests serve it with
-``python -m tests.apps.dashboard <port> <instance folder>`` (a real server, with
-worker threads), letting in the users named by the ``X-Test-User`` header that
-``DASHBOARD_USERS`` maps to what they may do.
+``create_app(**config)`` builds it; the browser tests serve it with :func:`main` (a
+real server, with worker threads), with or without a hook that lets in the users the
+``X-Test-User`` header names (:func:`_users`).
 """
 
 from __future__ import annotations
@@ -21,8 +20,7 @@ from flask_afterward import progress
 
 afterward = Afterward()
 
-#: Set by a test to make ``flaky`` succeed from then on (memory only; the browser
-#: test uses the ``fixed`` file instead, because the worker may be another process).
+#: The file in the instance folder whose existence makes ``flaky`` succeed.
 FIXED_MARK: t.Final = "fixed"
 
 
@@ -91,12 +89,22 @@ def _users(action: str) -> bool:
     return user == "admin" or (user == "reader" and action == "read")
 
 
-if __name__ == "__main__":
-    port, folder = int(sys.argv[1]), pathlib.Path(sys.argv[2])
-    hooked = len(sys.argv) > 3 and sys.argv[3] == "hook"
+def main(argv: list[str]) -> None:
+    """``python -m tests.apps.dashboard FD FOLDER [hook]``: serve on the listening socket
+    ``FD`` (the parent bound it, so there is no race for a port) with worker threads."""
+    from werkzeug.serving import make_server
+
+    fd, folder = int(argv[0]), pathlib.Path(argv[1])
+    hooked = len(argv) > 2 and argv[2] == "hook"
     served = create_app(
         folder,
         AFTERWARD_WORKERS=2,
         **({"AFTERWARD_DASHBOARD_AUTHORIZE": _users} if hooked else {}),
     )
-    served.run(host="127.0.0.1", port=port, threaded=True, use_reloader=False)
+    server = make_server("127.0.0.1", 0, served, threaded=True, fd=fd)
+    print("serving", flush=True)
+    server.serve_forever()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
