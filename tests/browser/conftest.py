@@ -150,8 +150,11 @@ def server(start_server: cabc.Callable[..., Server]) -> Server:
     return start_server()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> cabc.Iterator[Browser]:
+    """Chromium for one module. Not for the session: Playwright's sync API keeps an
+    event loop running in this thread while it is open, and later tests that call
+    ``asyncio.run`` (async tasks) would fail."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
