@@ -23,7 +23,13 @@ import time
 import harness
 from harness import Benchmark
 
-MODULES = ["tier1_overhead", "tier1_worker_freedom", "server_matrix", "tier2_jobs"]
+MODULES = [
+    "tier1_overhead",
+    "tier1_worker_freedom",
+    "server_matrix",
+    "tier2_jobs",
+    "dashboard",
+]
 #: Debian package of each program a benchmark may need
 PACKAGES = {"wrk": "wrk", "nginx": "nginx"}
 

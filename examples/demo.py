@@ -44,10 +44,13 @@ def create_app(
         SECRET_KEY="flask-afterward demo, not a secret",
         DEMO_MAIL_DELAY=3.0,
         DEMO_REPORT_SECONDS=5.0,
+        # The dashboard at /afterward/: with no AFTERWARD_DASHBOARD_AUTHORIZE hook it
+        # lets in only requests from this machine (the demo serves 127.0.0.1 only).
+        AFTERWARD_DASHBOARD=True,
     )
     if config is not None:
         app.config.update(config)
-    # No AFTERWARD_* setting: the demo runs on the defaults.
+    # Every other AFTERWARD_* setting is the default.
     afterward.init_app(app)
     signup_jobs.init_app(app)  # Flask-SQLAlchemy, for the durable-jobs page
     for blueprint in BLUEPRINTS:
@@ -69,8 +72,10 @@ def main() -> None:
             config[key] = float(os.environ[key])
     app = create_app(config)
     logging.getLogger("demo").info(
-        "Open http://127.0.0.1:%d/ (callbacks), http://127.0.0.1:%d/jobs/ (durable jobs) "
-        "or http://127.0.0.1:%d/reports/ (accepted views).",
+        "Open http://127.0.0.1:%d/ (callbacks), http://127.0.0.1:%d/jobs/ (durable jobs), "
+        "http://127.0.0.1:%d/reports/ (accepted views) or http://127.0.0.1:%d/afterward/ "
+        "(the dashboard).",
+        port,
         port,
         port,
         port,

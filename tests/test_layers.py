@@ -39,6 +39,11 @@ LAYERS: dict[str, int] = {
     "executors": 5,
     "replay": 5,
     "views": 6,
+    "dashboard": 6,
+    "dashboard.access": 6,
+    "dashboard.pages": 6,
+    "dashboard.actions": 6,
+    "dashboard.live": 6,
     "cli": 6,
     "supervisor": 6,
     "extension": 7,
@@ -68,7 +73,9 @@ def _runtime_imports(path: pathlib.Path, modules: set[str]) -> set[str]:
             if isinstance(child, ast.ImportFrom) and child.level:
                 base = package[: len(package) - (child.level - 1)]
                 target = ".".join([*base, child.module] if child.module else base)
-                candidates = [target] + [f"{target}.{a.name}".strip(".") for a in child.names]
+                # "from . import access" imports the submodule, not its package.
+                submodules = [f"{target}.{a.name}".strip(".") for a in child.names]
+                candidates = submodules if child.module is None else [target, *submodules]
                 found.update(c for c in candidates if c in modules)
             visit(child)
 

@@ -48,6 +48,8 @@ _DEFAULTS: dict[str, object] = {
     "AFTERWARD_AUTHORIZE": None,
     "AFTERWARD_URL_PREFIX": "/afterward",
     "AFTERWARD_DASHBOARD": False,
+    "AFTERWARD_DASHBOARD_AUTHORIZE": None,
+    "AFTERWARD_DASHBOARD_READ_ONLY": False,
 }
 
 
@@ -68,6 +70,9 @@ class Settings:
     authorize: Authorize | None = None
     url_prefix: str = "/afterward"
     dashboard: bool = False
+    #: ``callable(action) -> bool``, action ``"read"`` or ``"write"``; None: loopback only
+    dashboard_authorize: cabc.Callable[[str], bool] | None = None
+    dashboard_read_only: bool = False
 
     @classmethod
     def from_app(cls, app: Flask) -> Settings:
@@ -92,6 +97,8 @@ class Settings:
             authorize=_optional_callable(config, "AFTERWARD_AUTHORIZE"),
             url_prefix=_url_prefix(config, "AFTERWARD_URL_PREFIX"),
             dashboard=_flag(config, "AFTERWARD_DASHBOARD"),
+            dashboard_authorize=_optional_hook(config, "AFTERWARD_DASHBOARD_AUTHORIZE"),
+            dashboard_read_only=_flag(config, "AFTERWARD_DASHBOARD_READ_ONLY"),
         )
 
 
@@ -146,3 +153,10 @@ def _optional_callable(config: cabc.Mapping[str, t.Any], key: str) -> Authorize 
     if value is not None and not callable(value):
         raise _bad(key, value, "None or a callable(job, action) -> bool")
     return t.cast("Authorize | None", value)
+
+
+def _optional_hook(config: cabc.Mapping[str, t.Any], key: str) -> cabc.Callable[[str], bool] | None:
+    value = config[key]
+    if value is not None and not callable(value):
+        raise _bad(key, value, "None or a callable(action) -> bool")
+    return t.cast("cabc.Callable[[str], bool] | None", value)

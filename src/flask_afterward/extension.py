@@ -138,6 +138,10 @@ class Afterward:
             app.wsgi_app, state.callbacks, on_request=state.executor.start
         )
         app.register_blueprint(make_blueprint(), url_prefix=settings.url_prefix)
+        if settings.dashboard:
+            from .dashboard import init_dashboard
+
+            init_dashboard(app, settings)
         app.cli.add_command(afterward_cli)
         _exit_cleanly_on_sigterm()
 

@@ -40,6 +40,7 @@ from .records import State
 from .runner import Attempt
 from .runner import Outcome
 from .runner import Runner
+from .stores.base import observe
 
 if t.TYPE_CHECKING:
     from flask import Flask
@@ -316,6 +317,7 @@ class WorkerGroup:
             if time.monotonic() >= next_prune:
                 next_prune = time.monotonic() + PRUNE_INTERVAL
                 self._prune()
+            observe(self)  # dashboard: heartbeats, and the per-minute rollup once a minute
             for worker in self.workers():
                 attempt = worker.current
                 if attempt is not None:

@@ -1435,3 +1435,301 @@ def test_enqueueing_an_id_that_is_stored_already_raises_and_changes_nothing(
     with pytest.raises(StoreError, match="is stored already"):
         store.enqueue(make(id=first.id, unique_key=unique))
     assert store.get(first.id) == first
+
+
+# -- ObservableStore: the dashboard's queries ---------------------------------------
+#
+# Imports here, not at the top, so that this section stays one block to merge.
+
+from flask_afterward.stores.base import JobFilter  # noqa: E402
+from flask_afterward.stores.base import ObservableStore  # noqa: E402
+from flask_afterward.stores.base import SERIES_KEEP  # noqa: E402
+from flask_afterward.stores.base import WorkerBeat  # noqa: E402
+
+#: Stores the dashboard can show.
+OBSERVABLE_STORES: dict[str, cabc.Callable[[pathlib.Path], ObservableStore]] = {
+    "memory": _memory,
+    "sqlite": _sqlite,
+}
+
+
+@pytest.fixture(params=sorted(OBSERVABLE_STORES))
+def observable(
+    request: pytest.FixtureRequest, tmp_path: pathlib.Path
+) -> cabc.Iterator[ObservableStore]:
+    opened = OBSERVABLE_STORES[request.param](tmp_path)
+    yield opened
+    opened.close()
+
+
+def finish(store: ObservableStore, record: JobRecord, state: State, **fields: t.Any) -> JobRecord:
+    """Store ``record`` as already finished in ``state`` (as eager mode stores one)."""
+    now = time.time()
+    values: dict[str, t.Any] = {"started_at": now - 1, "finished_at": now, "state": state}
+    values.update(fields)
+    return store.enqueue(record.replace(**values))
+
+
+def ids(records: cabc.Iterable[JobRecord]) -> list[str]:
+    return [record.id for record in records]
+
+
+def test_observable_stores_implement_the_protocol(observable: ObservableStore) -> None:
+    assert isinstance(observable, ObservableStore)
+
+
+def test_overview_counts_per_queue_and_state_with_scheduled_apart(
+    observable: ObservableStore,
+) -> None:
+    now = time.time()
+    observable.enqueue(make(queue="mail", run_at=now - 30))
+    observable.enqueue(make(queue="mail", run_at=now - 10))
+    observable.enqueue(make(queue="mail", run_at=now + 3600))
+    observable.enqueue(make(state=State.DEFERRED))
+    finish(observable, make(queue="mail"), State.FAILED)
+    finish(observable, make(), State.SUCCEEDED, result_ttl=1, finished_at=now - 10)
+
+    overview = observable.overview(now)
+
+    assert overview.counts == {
+        ("mail", "queued"): 2,
+        ("mail", "scheduled"): 1,
+        ("default", "deferred"): 1,
+        ("mail", "failed"): 1,
+    }
+    assert overview.oldest_runnable == {"mail": pytest.approx(now - 30)}
+
+
+def test_browse_filters_by_state_queue_and_task(observable: ObservableStore) -> None:
+    now = time.time()
+    wanted = observable.enqueue(make(queue="mail", task="tests.send"))
+    observable.enqueue(make(queue="mail", task="tests.other"))
+    observable.enqueue(make(queue="web", task="tests.send"))
+    later = observable.enqueue(make(queue="mail", task="tests.send", run_at=now + 60))
+    failed = finish(observable, make(queue="mail", task="tests.send"), State.FAILED)
+
+    def find(**where: t.Any) -> list[str]:
+        return ids(observable.browse(JobFilter(**where), now=now).records)
+
+    assert find(state="queued", queue="mail", task="tests.send") == [wanted.id]
+    assert find(state="scheduled") == [later.id]
+    assert find(state="failed") == [failed.id]
+    assert find(queue="mail", task="tests.send") == [failed.id, later.id, wanted.id]
+
+
+def test_browse_pages_with_a_cursor_newest_first(observable: ObservableStore) -> None:
+    records = [observable.enqueue(make()) for _ in range(7)]
+    newest_first = ids(reversed(records))
+
+    seen: list[str] = []
+    cursor = None
+    pages = 0
+    while True:
+        page = observable.browse(JobFilter(), limit=3, cursor=cursor, now=time.time())
+        seen += ids(page.records)
+        pages += 1
+        if page.next_cursor is None:
+            break
+        cursor = page.next_cursor
+
+    assert seen == newest_first
+    assert pages == 3
+
+
+def test_browse_of_a_finished_state_is_newest_finished_first(
+    observable: ObservableStore,
+) -> None:
+    now = time.time()
+    first = finish(observable, make(), State.FAILED, finished_at=now - 30)
+    second = finish(observable, make(), State.FAILED, finished_at=now - 10)
+    third = finish(observable, make(), State.FAILED, finished_at=now - 20)
+
+    page = observable.browse(JobFilter(state="failed"), limit=2, now=now)
+    rest = observable.browse(JobFilter(state="failed"), limit=2, cursor=page.next_cursor, now=now)
+
+    assert ids(page.records) == [second.id, third.id]
+    assert ids(rest.records) == [first.id] and rest.next_cursor is None
+
+
+def test_browse_cursor_is_stable_when_jobs_are_enqueued_meanwhile(
+    observable: ObservableStore,
+) -> None:
+    records = [observable.enqueue(make()) for _ in range(4)]
+    page = observable.browse(JobFilter(), limit=2, now=time.time())
+
+    observable.enqueue(make())
+    rest = observable.browse(JobFilter(), limit=2, cursor=page.next_cursor, now=time.time())
+
+    assert ids(rest.records) == [records[1].id, records[0].id]
+
+
+def test_search_matches_task_names_and_arguments_case_insensitively(
+    observable: ObservableStore,
+) -> None:
+    mail = observable.enqueue(make(task="shop.send_mail", payload='{"args": ["Ada@Example.org"]}'))
+    report = observable.enqueue(make(task="shop.report", payload='{"args": [2026]}'))
+    observable.rollup(time.time())  # indexes what is there; newer rows are found too
+    late = observable.enqueue(make(task="shop.report", payload='{"args": ["ada@example.org"]}'))
+
+    def search(text: str) -> list[str]:
+        return ids(observable.browse(JobFilter(search=text), now=time.time()).records)
+
+    assert search("ada@example") == [late.id, mail.id]
+    assert search("SEND_MAIL") == [mail.id]
+    assert search("2026") == [report.id]
+    assert search("nowhere") == []
+
+
+def test_search_is_refused_below_three_characters() -> None:
+    with pytest.raises(ValueError, match="at least 3"):
+        JobFilter(search="ab")
+
+
+def test_search_still_finds_jobs_after_deletes_and_reindexing(
+    observable: ObservableStore,
+) -> None:
+    # Given indexed jobs, the newest of which is deleted (sqlite then reuses its rowid)
+    keep = observable.enqueue(make(payload='{"args": ["needle-1"]}'))
+    gone = observable.enqueue(make(payload='{"args": ["needle-2"]}'))
+    observable.rollup(time.time())
+    assert observable.delete(gone.id)
+    # When a new job takes its place
+    new = observable.enqueue(make(payload='{"args": ["needle-3"]}'))
+    found_before = ids(observable.browse(JobFilter(search="needle"), now=time.time()).records)
+    observable.rollup(time.time() + 61)
+    found_after = ids(observable.browse(JobFilter(search="needle"), now=time.time()).records)
+
+    # Then search finds exactly the jobs that exist, before and after indexing
+    assert found_before == found_after == [new.id, keep.id]
+
+
+def test_delete_forgets_a_job_but_not_a_running_one(observable: ObservableStore) -> None:
+    waiting = observable.enqueue(make(state=State.DEFERRED))
+    assert observable.delete(waiting.id) is True
+    assert observable.get(waiting.id) is None
+    assert observable.delete(waiting.id) is False
+
+    held = running(observable)
+    assert observable.delete(held.id) is False
+    assert state_of(observable, held.id) == State.RUNNING
+
+
+def test_bulk_actions_touch_only_the_jobs_matching(observable: ObservableStore) -> None:
+    now = time.time()
+    mail = [observable.enqueue(make(queue="mail")) for _ in range(3)]
+    web = observable.enqueue(make(queue="web"))
+    failed = [finish(observable, make(queue="mail"), State.FAILED) for _ in range(2)]
+
+    assert observable.cancel_matching(JobFilter(state="queued", queue="mail"), now) == 3
+    assert {state_of(observable, r.id) for r in mail} == {State.CANCELLED}
+    assert state_of(observable, web.id) == State.QUEUED
+
+    assert observable.retry_matching(JobFilter(state="failed"), now) == 2
+    assert {state_of(observable, r.id) for r in failed} == {State.QUEUED}
+
+    assert observable.delete_matching(JobFilter(state="cancelled"), now) == 3
+    assert all(observable.get(r.id) is None for r in mail)
+    assert observable.get(web.id) is not None
+
+
+def test_bulk_retry_queues_one_job_per_unique_key(observable: ObservableStore) -> None:
+    for _ in range(2):
+        finish(observable, make(unique_key="report:1"), State.FAILED)
+
+    assert observable.retry_matching(JobFilter(state="failed"), time.time()) == 1
+
+
+def test_bulk_cancel_requests_the_cancel_of_running_jobs(observable: ObservableStore) -> None:
+    held = running(observable)
+
+    assert observable.cancel_matching(JobFilter(state="running"), time.time()) == 1
+    record = observable.get(held.id)
+    assert record is not None and record.is_cancel_requested
+
+
+def test_heartbeats_replace_the_last_and_old_workers_are_forgotten(
+    observable: ObservableStore,
+) -> None:
+    now = time.time()
+
+    def beat(worker: str, seen_at: float, job_id: str | None = None) -> WorkerBeat:
+        return WorkerBeat(
+            id=worker,
+            host="web-1",
+            pid=42,
+            thread=worker,
+            queues=("mail",),
+            job_id=job_id,
+            seen_at=seen_at,
+        )
+
+    observable.heartbeat([beat("w1", now - 5), beat("w2", now - 7200)])
+    observable.heartbeat([beat("w1", now, job_id="abc")])
+    assert observable.workers() == [beat("w1", now, "abc"), beat("w2", now - 7200)]
+    assert observable.workers()[1].is_stale(now)
+
+    observable.rollup(now)
+
+    assert observable.workers() == [beat("w1", now, "abc")]
+    assert not observable.workers()[0].is_stale(now)
+
+
+def test_rollup_counts_finished_jobs_per_minute_with_runtime_percentiles(
+    observable: ObservableStore,
+) -> None:
+    # Given jobs that finished two minutes ago, with run times of 1 to 10 s
+    minute = (time.time() // 60 - 2) * 60
+    for seconds in range(1, 11):
+        finish(
+            observable,
+            make(queue="mail"),
+            State.SUCCEEDED,
+            started_at=minute + 20 - seconds,
+            finished_at=minute + 20,
+        )
+    finish(observable, make(queue="mail"), State.FAILED, finished_at=minute + 30)
+    # When the rollup runs (twice: the second time adds nothing)
+    observable.rollup(time.time())
+    observable.rollup(time.time() + 61)
+
+    # Then the minute holds the counts and percentiles
+    series = [m for m in observable.series(minute - 60) if m.minute == minute]
+    assert [(m.queue, m.state, m.count) for m in series] == [
+        ("mail", State.FAILED, 1),
+        ("mail", State.SUCCEEDED, 10),
+    ]
+    succeeded = series[1]
+    assert (succeeded.p50, succeeded.p95, succeeded.p99) == pytest.approx((5.0, 10.0, 10.0))
+
+
+def test_rollup_keeps_the_series_72_hours(observable: ObservableStore) -> None:
+    now = time.time()
+    minute = (now // 60 - 2) * 60
+    finish(observable, make(), State.SUCCEEDED, finished_at=minute + 1)
+    observable.rollup(now)
+    assert observable.series(0)
+
+    observable.rollup(now + SERIES_KEEP + 120)
+
+    assert observable.series(0) == []
+
+
+def test_sqlite_search_and_state_lists_use_indexes(tmp_path: pathlib.Path) -> None:
+    from flask_afterward.stores.sqlite import _dash_where
+
+    store = _sqlite(tmp_path)
+    try:
+        db = store._db
+
+        def plan(where: JobFilter) -> str:
+            sql, params = _dash_where("dash_select", where, time.time())
+            sql += "\nORDER BY finished_at DESC, rowid DESC" if where.is_finished else ""
+            rows = db.execute("EXPLAIN QUERY PLAN " + sql, params).fetchall()
+            return "\n".join(row[-1] for row in rows)
+
+        search = plan(JobFilter(search="needle"))
+        assert "VIRTUAL TABLE INDEX" in search and "afterward_search" in search
+        assert "afterward_jobs_finished" in plan(JobFilter(state="failed"))
+        assert "SCAN afterward_jobs\n" not in plan(JobFilter(state="failed")) + "\n"
+    finally:
+        store.close()

@@ -35,6 +35,9 @@ from __future__ import annotations
 
 import collections.abc as cabc
 import dataclasses
+import logging
+import math
+import time
 import typing as t
 
 from ..records import Capability
@@ -218,3 +221,255 @@ class QueueStore(Store, t.Protocol):
         Returns what each :meth:`complete` returned, and the jobs claimed, best first.
         """
         ...
+
+
+# -- Dashboard queries ----------------------------------------------------------------
+#
+# What the dashboard reads and does besides the protocols above. Kept in a protocol of
+# its own, so that a store without it (Celery, RQ) still serves jobs, only without a
+# dashboard; see "Dashboard queries" in docs/engines.rst.
+
+logger = logging.getLogger(__name__)
+
+#: The pseudo-state of :class:`JobFilter`: queued jobs whose ``run_at`` is still ahead.
+#: A filter on ``"queued"`` means the others, runnable now.
+SCHEDULED: t.Final = "scheduled"
+#: Every value :attr:`JobFilter.state` accepts.
+FILTER_STATES: t.Final = (
+    "deferred",
+    "queued",
+    SCHEDULED,
+    "running",
+    "succeeded",
+    "failed",
+    "cancelled",
+)
+#: The shortest search an index answers: a trigram needs three characters.
+MIN_SEARCH: t.Final = 3
+#: Seconds the per-minute series is kept (72 hours).
+SERIES_KEEP: t.Final = 72 * 3600.0
+#: Seconds after the end of a minute before it is rolled up: a completion committed
+#: just after the minute ended carries a time inside it.
+ROLLUP_LAG: t.Final = 5.0
+#: Seconds without a heartbeat after which a worker is shown as stale.
+WORKER_STALE_AFTER: t.Final = 15.0
+#: Seconds without a heartbeat after which a worker is forgotten.
+WORKER_FORGET_AFTER: t.Final = 3600.0
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class JobFilter:
+    """Which jobs a dashboard list, count or bulk action is about; None matches all.
+
+    Every filter given must match. ``search`` matches jobs whose task name or payload
+    (the JSON arguments) contains it, case-insensitively; it needs :data:`MIN_SEARCH`
+    characters (a shorter one is refused with ``ValueError``) because the store answers
+    it with an index, never by reading every job.
+    """
+
+    state: str | None = None  #: one of :data:`FILTER_STATES`
+    queue: str | None = None
+    task: str | None = None
+    search: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.state is not None and self.state not in FILTER_STATES:
+            raise ValueError(f"state={self.state!r}: use one of {', '.join(FILTER_STATES)}.")
+        if self.search is not None and len(self.search) < MIN_SEARCH:
+            raise ValueError(f"Search for at least {MIN_SEARCH} characters.")
+
+    @property
+    def is_finished(self) -> bool:
+        """Whether it lists finished jobs only: those are ordered by ``finished_at``."""
+        return self.state in ("succeeded", "failed", "cancelled")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Page:
+    """One page of :meth:`ObservableStore.browse`."""
+
+    records: list[JobRecord]
+    #: give it back as ``cursor`` for the next page; None on the last one
+    next_cursor: str | None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Overview:
+    """What the dashboard's first page counts."""
+
+    #: unexpired jobs per ``(queue, state)``, where state is a :data:`FILTER_STATES`
+    #: value (``queued`` jobs not yet due count as ``scheduled``)
+    counts: dict[tuple[str, str], int]
+    #: per queue, the ``run_at`` of its longest-waiting runnable job
+    oldest_runnable: dict[str, float]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Minute:
+    """Jobs of one queue that finished in one state during one minute."""
+
+    minute: float  #: the Unix time the minute began (a multiple of 60)
+    queue: str
+    state: State
+    count: int
+    #: run time percentiles, in seconds (``finished_at - started_at``); None if no
+    #: job of the minute had both times
+    p50: float | None
+    p95: float | None
+    p99: float | None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class WorkerBeat:
+    """A worker thread's last heartbeat."""
+
+    id: str  #: the worker id, as in a running job's ``worker``
+    host: str
+    pid: int
+    thread: str
+    queues: tuple[str, ...] | None  #: None: every queue
+    job_id: str | None  #: the job it is running
+    seen_at: float
+
+    def is_stale(self, now: float, after: float = WORKER_STALE_AFTER) -> bool:
+        """Whether it has been silent too long to be trusted alive."""
+        return now - self.seen_at > after
+
+
+@t.runtime_checkable
+class ObservableStore(Store, t.Protocol):
+    """A store the dashboard can show and act on (sqlite, memory).
+
+    Lists are keyset-paginated: a page ends with a cursor, and the next page starts
+    after it, so a page costs the same wherever it is and jobs enqueued meanwhile shift
+    nothing. Lists of one finished state are ordered by ``finished_at``, newest first;
+    every other list is newest enqueued first.
+    """
+
+    def overview(self, now: float) -> Overview:
+        """Counts per queue and state (finished jobs past their TTL but not pruned
+        yet may still count, for at most a prune interval), and the oldest runnable."""
+        ...
+
+    def browse(
+        self, where: JobFilter, *, limit: int = 50, cursor: str | None = None, now: float
+    ) -> Page:
+        """Unexpired jobs matching ``where``, at most ``limit``, after ``cursor``."""
+        ...
+
+    def delete(self, job_id: str) -> bool:
+        """Forget a job that is not running. False if it is unknown or running (cancel
+        it first: its worker must not lose the job under its feet)."""
+        ...
+
+    def retry_matching(self, where: JobFilter, now: float) -> int:
+        """:meth:`Store.retry` every failed or cancelled job matching; how many were."""
+        ...
+
+    def cancel_matching(self, where: JobFilter, now: float) -> int:
+        """:meth:`Store.cancel` every unfinished job matching; how many were."""
+        ...
+
+    def delete_matching(self, where: JobFilter, now: float) -> int:
+        """:meth:`delete` every job matching that is not running; how many were."""
+        ...
+
+    def heartbeat(self, beats: cabc.Sequence[WorkerBeat]) -> None:
+        """Record these workers' heartbeats (replacing their previous ones)."""
+        ...
+
+    def workers(self) -> list[WorkerBeat]:
+        """The last heartbeat of every worker not yet forgotten, by host, pid, thread."""
+        ...
+
+    def rollup(self, now: float) -> None:
+        """Once a minute (more often is cheap, a no-op): roll the minutes that ended at
+        least :data:`ROLLUP_LAG` seconds ago into the per-minute series, drop minutes
+        older than :data:`SERIES_KEEP`, forget workers silent for
+        :data:`WORKER_FORGET_AFTER`, and bring the search index up to date.
+
+        Done by the worker group's supervisor (:func:`observe`), not per job, so that
+        the series costs the job path nothing.
+        """
+        ...
+
+    def series(self, since: float) -> list[Minute]:
+        """The rolled-up minutes that began at or after ``since``, oldest first."""
+        ...
+
+
+if t.TYPE_CHECKING:
+    from ..worker import WorkerGroup
+
+
+def observe(group: WorkerGroup) -> None:
+    """Heartbeats of ``group``'s workers and the per-minute rollup: the one call a
+    worker group's supervisor makes for the dashboard, every tick (about a second).
+
+    A store that is not an :class:`ObservableStore` is left alone; a failure is logged
+    and the supervisor goes on (the dashboard must never stop jobs).
+    """
+    store = group.store
+    if not isinstance(store, ObservableStore):
+        return
+    now = time.time()
+    beats = []
+    for worker in group.workers():
+        host, pid, thread = _parse_worker_id(worker.id)
+        attempt = worker.current
+        beats.append(
+            WorkerBeat(
+                id=worker.id,
+                host=host,
+                pid=pid,
+                thread=thread,
+                queues=None if group.queues is None else tuple(group.queues),
+                job_id=None if attempt is None else attempt.record.id,
+                seen_at=now,
+            )
+        )
+    try:
+        store.heartbeat(beats)
+        store.rollup(now)
+    except Exception:
+        logger.exception("Recording worker heartbeats failed; trying again next tick.")
+
+
+def _parse_worker_id(worker_id: str) -> tuple[str, int, str]:
+    """``host:pid:thread:random`` (``Worker.id``) apart; the host may hold colons."""
+    parts = worker_id.rsplit(":", 3)
+    if len(parts) != 4 or not parts[1].isdigit():
+        return worker_id, 0, ""
+    return parts[0], int(parts[1]), parts[2]
+
+
+def roll_up_minutes(
+    finished: cabc.Iterable[tuple[str, str, float, float | None]],
+) -> list[Minute]:
+    """``(state, queue, finished_at, started_at)`` rows as per-minute counts and run
+    time percentiles (nearest rank). Shared by the stores."""
+    groups: dict[tuple[float, str, str], list[float | None]] = {}
+    for state, queue, finished_at, started_at in finished:
+        runtime = None if started_at is None else max(0.0, finished_at - started_at)
+        groups.setdefault((finished_at // 60 * 60, queue, state), []).append(runtime)
+    minutes = []
+    for (minute, queue, state), runtimes in sorted(groups.items()):
+        known = sorted(value for value in runtimes if value is not None)
+        minutes.append(
+            Minute(
+                minute,
+                queue,
+                State(state),
+                len(runtimes),
+                _percentile(known, 0.50),
+                _percentile(known, 0.95),
+                _percentile(known, 0.99),
+            )
+        )
+    return minutes
+
+
+def _percentile(ordered: list[float], fraction: float) -> float | None:
+    if not ordered:
+        return None
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(fraction * len(ordered)) - 1))]

@@ -21,9 +21,19 @@ from ..records import JobRecord
 from ..records import State
 from ..records import TERMINAL
 from .base import Batch
+from .base import JobFilter
 from .base import LOST_ERROR
 from .base import LOST_WORKER_ATTEMPTS
+from .base import Minute
+from .base import Overview
+from .base import Page
+from .base import roll_up_minutes
+from .base import ROLLUP_LAG
+from .base import SCHEDULED
+from .base import SERIES_KEEP
 from .base import Stats
+from .base import WORKER_FORGET_AFTER
+from .base import WorkerBeat
 
 
 class MemoryStore:
@@ -336,6 +346,157 @@ class MemoryStore:
                 return False
             self._jobs[job_id] = record.replace(progress=value, message=message)
             return record.is_cancel_requested
+
+    # Dashboard (ObservableStore; see "Dashboard queries" in docs/engines.rst)
+
+    def _observed(self) -> _Observed:
+        """The dashboard's side tables, made on first use."""
+        observed: _Observed | None = getattr(self, "_dashboard", None)
+        if observed is None:
+            observed = self._dashboard = _Observed()
+        return observed
+
+    def _numbered(self) -> dict[str, int]:
+        """Each job's place in enqueue order (sqlite's rowid), numbered lazily: new
+        jobs come last in the dict, so they get the next numbers. Call under the lock."""
+        order = self._observed().order
+        for job_id in self._jobs:
+            if job_id not in order:
+                order[job_id] = self._observed().next_number
+                self._observed().next_number += 1
+        return order
+
+    def overview(self, now: float) -> Overview:
+        counts: collections.Counter[tuple[str, str]] = collections.Counter()
+        oldest: dict[str, float] = {}
+        with self._lock:
+            for record in self._jobs.values():
+                if _is_expired(record, now):
+                    continue
+                counts[record.queue, _shown_state(record, now)] += 1
+                if record.state == State.QUEUED and record.run_at <= now:
+                    oldest[record.queue] = min(oldest.get(record.queue, now), record.run_at)
+        return Overview(dict(counts), oldest)
+
+    def _matching(
+        self, where: JobFilter, now: float
+    ) -> builtins.list[tuple[tuple[float, int], JobRecord]]:
+        """``(sort key, record)`` of the jobs matching, best first."""
+        needle = None if where.search is None else where.search.lower()
+        with self._lock:
+            order = self._numbered()
+            found = [
+                (
+                    (record.finished_at or 0.0 if where.is_finished else 0.0, order[record.id]),
+                    record,
+                )
+                for record in self._jobs.values()
+                if not _is_expired(record, now)
+                and (where.state is None or _shown_state(record, now) == where.state)
+                and (where.queue is None or record.queue == where.queue)
+                and (where.task is None or record.task == where.task)
+                and (
+                    needle is None
+                    or needle in record.task.lower()
+                    or needle in record.payload.lower()
+                )
+            ]
+        found.sort(key=lambda item: item[0], reverse=True)
+        return found
+
+    def browse(
+        self, where: JobFilter, *, limit: int = 50, cursor: str | None = None, now: float
+    ) -> Page:
+        found = self._matching(where, now)
+        if cursor is not None:
+            key, _, number = cursor.partition(":")
+            after = (float(key), int(number))
+            found = [item for item in found if item[0] < after]
+        records = [record for _, record in found[:limit]]
+        next_cursor = None
+        if len(found) > limit:
+            last_key, last_number = found[limit - 1][0]
+            next_cursor = f"{last_key!r}:{last_number}"
+        return Page(records, next_cursor)
+
+    def delete(self, job_id: str) -> bool:
+        with self._lock:
+            record = self._jobs.get(job_id)
+            if record is None or record.state == State.RUNNING:
+                return False
+            del self._jobs[job_id]
+            return True
+
+    def retry_matching(self, where: JobFilter, now: float) -> int:
+        return sum(self.retry(record.id) for _, record in self._matching(where, now))
+
+    def cancel_matching(self, where: JobFilter, now: float) -> int:
+        return sum(self.cancel(record.id) for _, record in self._matching(where, now))
+
+    def delete_matching(self, where: JobFilter, now: float) -> int:
+        return sum(self.delete(record.id) for _, record in self._matching(where, now))
+
+    def heartbeat(self, beats: cabc.Sequence[WorkerBeat]) -> None:
+        with self._lock:
+            for beat in beats:
+                self._observed().workers[beat.id] = beat
+
+    def workers(self) -> builtins.list[WorkerBeat]:
+        with self._lock:
+            beats = list(self._observed().workers.values())
+        return sorted(beats, key=lambda beat: (beat.host, beat.pid, beat.thread))
+
+    def rollup(self, now: float) -> None:
+        observed = self._observed()
+        if now < observed.next_rollup:
+            return
+        observed.next_rollup = (now // 60 + 1) * 60 + ROLLUP_LAG
+        start = max(observed.rolled_to, (now - SERIES_KEEP) // 60 * 60)
+        end = (now - ROLLUP_LAG) // 60 * 60
+        with self._lock:
+            finished = [
+                (str(r.state), r.queue, r.finished_at, r.started_at)
+                for r in self._jobs.values()
+                if r.state in TERMINAL
+                and r.finished_at is not None
+                and start <= r.finished_at < end
+            ]
+            if end > start:
+                for minute in roll_up_minutes(finished):
+                    observed.minutes[minute.minute, minute.queue, minute.state] = minute
+                observed.rolled_to = end
+            for key in [key for key in observed.minutes if key[0] < now - SERIES_KEEP]:
+                del observed.minutes[key]
+            for beat in [
+                b for b in observed.workers.values() if b.seen_at < now - WORKER_FORGET_AFTER
+            ]:
+                del observed.workers[beat.id]
+            for job_id in [job_id for job_id in observed.order if job_id not in self._jobs]:
+                del observed.order[job_id]
+
+    def series(self, since: float) -> builtins.list[Minute]:
+        with self._lock:
+            minutes = [m for m in self._observed().minutes.values() if m.minute >= since]
+        return sorted(minutes, key=lambda m: (m.minute, m.queue, m.state))
+
+
+class _Observed:
+    """What the memory store keeps for the dashboard besides its jobs."""
+
+    def __init__(self) -> None:
+        self.order: dict[str, int] = {}
+        self.next_number = 1
+        self.workers: dict[str, WorkerBeat] = {}
+        self.minutes: dict[tuple[float, str, State], Minute] = {}
+        self.rolled_to = 0.0
+        self.next_rollup = 0.0
+
+
+def _shown_state(record: JobRecord, now: float) -> str:
+    """The dashboard's state: a queued job not yet due is ``scheduled``."""
+    if record.state == State.QUEUED and record.run_at > now:
+        return SCHEDULED
+    return str(record.state)
 
 
 def _is_expired(record: JobRecord, now: float) -> bool:

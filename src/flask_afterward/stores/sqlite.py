@@ -45,12 +45,21 @@ from ..records import JobRecord
 from ..records import State
 from ..records import TERMINAL
 from .base import Batch
+from .base import JobFilter
 from .base import LOST_ERROR
 from .base import LOST_WORKER_ATTEMPTS
+from .base import Minute
+from .base import Overview
+from .base import Page
+from .base import roll_up_minutes
+from .base import ROLLUP_LAG
+from .base import SERIES_KEEP
 from .base import Stats
+from .base import WORKER_FORGET_AFTER
+from .base import WorkerBeat
 
 #: The schema version this code writes (``PRAGMA user_version``).
-SCHEMA_VERSION: t.Final = 3
+SCHEMA_VERSION: t.Final = 4
 #: Bytes per page of a new database file (see ``_connect``).
 PAGE_SIZE: t.Final = 2048
 #: Seconds between two recovery passes of one store (see ``QueueStore.claim``).
@@ -312,7 +321,7 @@ class SqliteStore:
         try:
             (version,) = db.execute("PRAGMA user_version").fetchone()  # another process?
             for number in range(version, SCHEMA_VERSION):
-                for statement in _MIGRATIONS[number].split(";"):
+                for statement in _statements(_MIGRATIONS[number]):
                     if statement.strip():
                         db.execute(statement)
             db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
@@ -544,6 +553,189 @@ class SqliteStore:
         with self._writing:
             rows = db.execute(_SQL["set_progress"], params).fetchall()
         return bool(rows and rows[0][0])
+
+    # Dashboard (ObservableStore; see "Dashboard queries" in docs/engines.rst)
+
+    def overview(self, now: float) -> Overview:
+        counts: dict[tuple[str, str], int] = {}
+        for queue, state, count in self._db.execute(_SQL["dash_counts"], {"now": now}):
+            counts[queue, state] = counts.get((queue, state), 0) + count
+        oldest = dict(self._db.execute(_SQL["dash_oldest_runnable"], {"now": now}).fetchall())
+        return Overview(counts, oldest)
+
+    def browse(
+        self, where: JobFilter, *, limit: int = 50, cursor: str | None = None, now: float
+    ) -> Page:
+        sql, params = _dash_where("dash_select", where, now)
+        if cursor is not None:
+            key, _, rowid = cursor.partition(":")
+            params["key"], params["rowid"] = float(key), int(rowid)
+            sql += "\n" + _SQL["dash_after_finished" if where.is_finished else "dash_after"]
+        sql += "\n" + _SQL["dash_order_finished" if where.is_finished else "dash_order"]
+        sql += "\nLIMIT :limit"
+        params["limit"] = limit + 1
+        rows = self._db.execute(sql, params).fetchall()
+        records = [_record(row[:-1]) for row in rows[:limit]]
+        next_cursor = None
+        if len(rows) > limit:
+            last = rows[limit - 1]
+            finished_at = records[-1].finished_at if where.is_finished else 0.0
+            next_cursor = f"{finished_at!r}:{last[-1]}"
+        return Page(records, next_cursor)
+
+    def _matching_ids(self, where: JobFilter, now: float) -> builtins.list[str]:
+        sql, params = _dash_where("dash_select_ids", where, now)
+        return [job_id for _, job_id in self._db.execute(sql, params)]
+
+    def delete(self, job_id: str) -> bool:
+        return self._write("dash_delete", {"id": job_id}) == 1
+
+    def _each(self, query: str, job_ids: builtins.list[str], now: float) -> int:
+        """Run ``query`` for each id in one transaction; how many rows it changed."""
+        db = self._db
+        changed = 0
+        with self._writing:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                for job_id in job_ids:
+                    changed += db.execute(_SQL[query], {"id": job_id, "now": now}).rowcount
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+        return changed
+
+    def retry_matching(self, where: JobFilter, now: float) -> int:
+        # One job at a time (in one transaction): two failed jobs may share a unique
+        # key, and only the first of them may be queued again.
+        return self._each("retry", self._matching_ids(where, now), now)
+
+    def cancel_matching(self, where: JobFilter, now: float) -> int:
+        ids = self._matching_ids(where, now)
+        return self._each("cancel_waiting", ids, now) + self._each("request_cancel", ids, now)
+
+    def delete_matching(self, where: JobFilter, now: float) -> int:
+        return self._each("dash_delete", self._matching_ids(where, now), now)
+
+    def heartbeat(self, beats: cabc.Sequence[WorkerBeat]) -> None:
+        if not beats:
+            return
+        rows = [
+            {
+                **dataclasses.asdict(beat),
+                "queues": None if beat.queues is None else json.dumps(beat.queues),
+            }
+            for beat in beats
+        ]
+        db = self._db
+        with self._writing:
+            db.executemany(_SQL["dash_heartbeat"], rows)
+
+    def workers(self) -> builtins.list[WorkerBeat]:
+        return [
+            WorkerBeat(
+                id=row[0],
+                host=row[1],
+                pid=row[2],
+                thread=row[3],
+                queues=None if row[4] is None else tuple(json.loads(row[4])),
+                job_id=row[5],
+                seen_at=row[6],
+            )
+            for row in self._db.execute(_SQL["dash_workers"])
+        ]
+
+    def rollup(self, now: float) -> None:
+        self._index_for_search()
+        due = getattr(self, "_next_rollup", 0.0)
+        if now < due:
+            return
+        self._next_rollup = (now // 60 + 1) * 60 + ROLLUP_LAG
+        db = self._db
+        (rolled_to,) = db.execute(_SQL["dash_get_mark"], {"name": "rolled_to"}).fetchone()
+        start = max(rolled_to, (now - SERIES_KEEP) // 60 * 60)
+        end = (now - ROLLUP_LAG) // 60 * 60
+        if end > start:
+            finished = db.execute(
+                _SQL["dash_finished_between"], {"start": start, "end": end}
+            ).fetchall()
+            minutes = [dataclasses.asdict(minute) for minute in roll_up_minutes(finished)]
+            with self._writing:
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    db.executemany(_SQL["dash_insert_minute"], minutes)
+                    db.execute(_SQL["dash_set_mark"], {"name": "rolled_to", "value": end})
+                except BaseException:
+                    db.execute("ROLLBACK")
+                    raise
+                db.execute("COMMIT")
+        with self._writing:
+            db.execute(_SQL["dash_prune_minutes"], {"before": now - SERIES_KEEP})
+            db.execute(_SQL["dash_forget_workers"], {"before": now - WORKER_FORGET_AFTER})
+
+    def _index_for_search(self, batch: int = 10_000) -> None:
+        """Add the next ``batch`` new rows to the search index, in one transaction
+        (FTS5 writes a batch far cheaper than one row per enqueue would cost)."""
+        db = self._db
+        (mark,) = db.execute(_SQL["dash_get_mark"], {"name": "indexed_to"}).fetchone()
+        (newest,) = db.execute(_SQL["dash_max_rowid"]).fetchone()
+        if newest <= mark:
+            return
+        with self._writing:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                (mark,) = db.execute(_SQL["dash_get_mark"], {"name": "indexed_to"}).fetchone()
+                (to,) = db.execute(_SQL["dash_index_to"], {"mark": mark, "limit": batch}).fetchone()
+                if to is not None:
+                    db.execute(_SQL["dash_index_new"], {"mark": mark, "to": to})
+                    db.execute(_SQL["dash_set_mark"], {"name": "indexed_to", "value": to})
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+
+    def series(self, since: float) -> builtins.list[Minute]:
+        return [
+            Minute(minute, queue, State(state), count, p50, p95, p99)
+            for minute, queue, state, count, p50, p95, p99 in self._db.execute(
+                _SQL["dash_series"], {"since": since}
+            )
+        ]
+
+
+def _dash_where(select: str, where: JobFilter, now: float) -> tuple[str, dict[str, t.Any]]:
+    """The dashboard's ``SELECT … WHERE`` for ``where``, from fixed fragments only."""
+    parts = [_SQL[select]]
+    params: dict[str, t.Any] = {"now": now}
+    if where.state is not None:
+        if where.is_finished:
+            parts.append(_SQL["dash_state_finished"])
+            params["state"] = where.state
+        else:
+            parts.append(_SQL[f"dash_state_{where.state}"])
+    if where.queue is not None:
+        parts.append(_SQL["dash_queue"])
+        params["queue"] = where.queue
+    if where.task is not None:
+        parts.append(_SQL["dash_task"])
+        params["task"] = where.task
+    if where.search is not None:
+        parts.append(_SQL["dash_search"])
+        params["match"] = '"' + where.search.replace('"', '""') + '"'
+        params["needle"] = where.search.lower()
+    return "\n".join(parts), params
+
+
+def _statements(script: str) -> cabc.Iterator[str]:
+    """The statements of a migration: split at ``;`` but keep a trigger's body whole
+    (``sqlite3.complete_statement`` knows where a ``CREATE TRIGGER … END;`` ends)."""
+    buffer = ""
+    for piece in script.split(";"):
+        buffer += piece + ";"
+        if sqlite3.complete_statement(buffer):
+            if buffer.strip(" \n;"):
+                yield buffer
+            buffer = ""
 
 
 # Connections a forked child inherited: kept referenced so they are never closed there.

@@ -248,3 +248,173 @@ WHERE id = :id AND state = 'running' AND worker = :worker;
 UPDATE afterward_jobs SET progress = :progress, message = :message
 WHERE id = :id AND state = 'running' AND worker = :worker
 RETURNING is_cancel_requested;
+
+-- migration_4 --
+-- The dashboard (docs/engines.rst, "Dashboard queries"). Finished jobs by state and
+-- finish time: the per-state lists (newest first), the counts and the per-minute
+-- rollup read this index alone. One entry per finished job, written by the statement
+-- that finishes it: the one cost the dashboard adds to the job path.
+CREATE INDEX afterward_jobs_finished ON afterward_jobs (state, finished_at, queue, expires_at)
+    WHERE state IN ('succeeded', 'failed', 'cancelled');
+-- Search over task names and payloads: a trigram index on the jobs' own columns
+-- (external content, nothing copied). It is filled by the rollup in batches, not at
+-- enqueue; rows above the 'indexed_to' mark are searched by reading them (seconds'
+-- worth). A deleted row leaves the index in the trigger below, which also lowers the
+-- mark when the newest rows go, because SQLite then hands their rowids out again.
+CREATE VIRTUAL TABLE afterward_search USING fts5(
+    task, payload, content='afterward_jobs', content_rowid='rowid', tokenize='trigram'
+);
+CREATE TABLE afterward_marks (name TEXT PRIMARY KEY, value REAL NOT NULL);
+INSERT INTO afterward_marks (name, value) VALUES ('indexed_to', 0), ('rolled_to', 0);
+CREATE TRIGGER afterward_jobs_unindex AFTER DELETE ON afterward_jobs
+WHEN old.rowid <= (SELECT value FROM afterward_marks WHERE name = 'indexed_to')
+BEGIN
+    INSERT INTO afterward_search (afterward_search, rowid, task, payload)
+    VALUES ('delete', old.rowid, old.task, old.payload);
+    UPDATE afterward_marks SET value = (SELECT coalesce(max(rowid), 0) FROM afterward_jobs)
+    WHERE name = 'indexed_to' AND value > (SELECT coalesce(max(rowid), 0) FROM afterward_jobs);
+END;
+-- Jobs finished per minute, queue and state, with run time percentiles; kept 72 h.
+CREATE TABLE afterward_minutes (
+    minute REAL NOT NULL,
+    queue TEXT NOT NULL,
+    state TEXT NOT NULL,
+    count INTEGER NOT NULL,
+    p50 REAL,
+    p95 REAL,
+    p99 REAL,
+    PRIMARY KEY (minute, queue, state)
+) WITHOUT ROWID;
+-- Each worker thread's last heartbeat.
+CREATE TABLE afterward_workers (
+    id TEXT PRIMARY KEY,
+    host TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    thread TEXT NOT NULL,
+    queues TEXT,
+    job_id TEXT,
+    seen_at REAL NOT NULL
+);
+
+-- dash_select --
+-- The dashboard's lists: this, then dash_* filters joined by AND, an order, a limit.
+SELECT {columns}, rowid FROM afterward_jobs
+WHERE (expires_at IS NULL OR expires_at > :now)
+
+-- dash_select_ids --
+SELECT rowid, id FROM afterward_jobs
+WHERE (expires_at IS NULL OR expires_at > :now)
+
+-- dash_state_deferred --
+AND state = 'deferred'
+
+-- dash_state_queued --
+AND state = 'queued' AND run_at <= :now
+
+-- dash_state_scheduled --
+AND state = 'queued' AND run_at > :now
+
+-- dash_state_running --
+AND state = 'running'
+
+-- dash_state_finished --
+-- The IN is what lets the planner use the partial index with a bound :state.
+AND state IN ('succeeded', 'failed', 'cancelled') AND state = :state
+
+-- dash_queue --
+AND queue = :queue
+
+-- dash_task --
+AND task = :task
+
+-- dash_search --
+-- The trigram index, plus the rows it does not hold yet (above the mark).
+AND rowid IN (
+    SELECT rowid FROM afterward_search WHERE afterward_search MATCH :match
+    UNION ALL
+    SELECT rowid FROM afterward_jobs
+    WHERE rowid > (SELECT value FROM afterward_marks WHERE name = 'indexed_to')
+      AND (instr(lower(task), :needle) > 0 OR instr(lower(payload), :needle) > 0)
+)
+
+-- dash_after_finished --
+AND finished_at <= :key AND (finished_at < :key OR rowid < :rowid)
+
+-- dash_after --
+AND rowid < :rowid
+
+-- dash_order_finished --
+ORDER BY finished_at DESC, rowid DESC
+
+-- dash_order --
+ORDER BY rowid DESC
+
+-- dash_counts --
+-- Finished jobs past their TTL are left out at no cost: expires_at is in the index.
+SELECT queue, state, count(*) FROM afterward_jobs INDEXED BY afterward_jobs_finished
+WHERE state IN ('succeeded', 'failed', 'cancelled') AND (expires_at IS NULL OR expires_at > :now)
+GROUP BY queue, state
+UNION ALL
+SELECT queue, CASE WHEN run_at > :now THEN 'scheduled' ELSE 'queued' END, count(*)
+FROM afterward_jobs INDEXED BY afterward_jobs_runnable_by_queue
+WHERE state = 'queued'
+GROUP BY 1, 2
+UNION ALL
+SELECT queue, 'deferred', count(*) FROM afterward_jobs WHERE state = 'deferred' GROUP BY 1
+UNION ALL
+SELECT queue, 'running', count(*) FROM afterward_jobs WHERE state = 'running' GROUP BY 1;
+
+-- dash_oldest_runnable --
+SELECT queue, min(run_at) FROM afterward_jobs INDEXED BY afterward_jobs_runnable_by_queue
+WHERE state = 'queued' AND run_at <= :now
+GROUP BY queue;
+
+-- dash_delete --
+DELETE FROM afterward_jobs WHERE id = :id AND state != 'running';
+
+-- dash_get_mark --
+SELECT value FROM afterward_marks WHERE name = :name;
+
+-- dash_set_mark --
+UPDATE afterward_marks SET value = :value WHERE name = :name;
+
+-- dash_index_to --
+-- Where the next batch of rows for the search index ends.
+SELECT max(rowid) FROM (
+    SELECT rowid FROM afterward_jobs WHERE rowid > :mark ORDER BY rowid LIMIT :limit
+);
+
+-- dash_index_new --
+INSERT INTO afterward_search (rowid, task, payload)
+SELECT rowid, task, payload FROM afterward_jobs WHERE rowid > :mark AND rowid <= :to;
+
+-- dash_max_rowid --
+SELECT coalesce(max(rowid), 0) FROM afterward_jobs;
+
+-- dash_finished_between --
+SELECT state, queue, finished_at, started_at FROM afterward_jobs
+INDEXED BY afterward_jobs_finished
+WHERE state IN ('succeeded', 'failed', 'cancelled')
+  AND finished_at >= :start AND finished_at < :end;
+
+-- dash_insert_minute --
+INSERT OR REPLACE INTO afterward_minutes (minute, queue, state, count, p50, p95, p99)
+VALUES (:minute, :queue, :state, :count, :p50, :p95, :p99);
+
+-- dash_prune_minutes --
+DELETE FROM afterward_minutes WHERE minute < :before;
+
+-- dash_series --
+SELECT minute, queue, state, count, p50, p95, p99 FROM afterward_minutes
+WHERE minute >= :since ORDER BY minute, queue, state;
+
+-- dash_heartbeat --
+INSERT OR REPLACE INTO afterward_workers (id, host, pid, thread, queues, job_id, seen_at)
+VALUES (:id, :host, :pid, :thread, :queues, :job_id, :seen_at);
+
+-- dash_forget_workers --
+DELETE FROM afterward_workers WHERE seen_at < :before;
+
+-- dash_workers --
+SELECT id, host, pid, thread, queues, job_id, seen_at FROM afterward_workers
+ORDER BY host, pid, thread;
