@@ -17,10 +17,12 @@ character of the path); a body the app already parsed as a form (a CSRF hook rea
 from __future__ import annotations
 
 import base64
+import inspect
 import typing as t
 import urllib.parse
 
 from flask import current_app
+from flask import Flask
 from flask import request
 from werkzeug.datastructures import MultiDict
 from werkzeug.test import encode_multipart
@@ -39,7 +41,6 @@ from .jobs import set_current
 from .serializers import loads
 
 if t.TYPE_CHECKING:
-    from flask import Flask
     from flask import Response
 
     from .records import JobRecord
@@ -57,6 +58,11 @@ _FORM_TYPES: t.Final = frozenset({"application/x-www-form-urlencoded", "multipar
 _URI_SAFE: t.Final = "/:@!$&'()*+,;=-._~"
 
 CapturedRequest = dict[str, t.Any]
+
+#: Whether ``Flask.full_dispatch_request`` takes the context (Flask >= 3.2).
+_DISPATCH_TAKES_CONTEXT: t.Final = (
+    "ctx" in inspect.signature(Flask.full_dispatch_request).parameters
+)
 
 
 def capture_request() -> tuple[CapturedRequest, dict[str, str]]:
@@ -156,8 +162,9 @@ def replay(captured: CapturedRequest, secrets: dict[str, str], job_id: str) -> d
     environ = rebuild_environ(captured, secrets)
     environ[REPLAY_KEY] = job_id
     try:
-        with app.request_context(environ):
-            response = app.full_dispatch_request()
+        context = app.request_context(environ)
+        with context:
+            response = _full_dispatch_request(app, context)
             deferred: RequestCallbacks | None = environ.get(ENVIRON_KEY)
             if deferred is not None:
                 deferred.status_code = response.status_code
@@ -171,6 +178,18 @@ def replay(captured: CapturedRequest, secrets: dict[str, str], job_id: str) -> d
         # its after_this_response callbacks, and the release (or, if the view raised,
         # the cancel) of its .after_response() jobs.
         _deliver_replayed(app, environ)
+
+
+def _full_dispatch_request(app: Flask, context: t.Any) -> Response:
+    """``app.full_dispatch_request`` in the pushed ``context``, on every Flask we support.
+
+    Flask 3.2 passes the context in (``full_dispatch_request(ctx)``); before, the method
+    took no argument and found the context itself. Its public signature tells which.
+    """
+    if _DISPATCH_TAKES_CONTEXT:
+        dispatch = t.cast("t.Callable[[t.Any], Response]", app.full_dispatch_request)
+        return dispatch(context)
+    return app.full_dispatch_request()
 
 
 def _deliver_replayed(app: Flask, environ: dict[str, t.Any]) -> None:
