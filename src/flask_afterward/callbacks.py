@@ -26,7 +26,6 @@ import typing as t
 
 from flask import current_app
 from flask import g
-from flask import has_request_context
 from flask import request
 
 from .config import EXTENSION_KEY
@@ -166,9 +165,10 @@ def after_this_response(fn: cabc.Callable[P, object], /, *args: P.args, **kwargs
 
 def current_request_callbacks() -> RequestCallbacks:
     """The current request's :class:`RequestCallbacks`, created on first use."""
-    if not has_request_context():
-        raise OutsideRequest()
-    live: Request = request._get_current_object()  # type: ignore[attr-defined]
+    try:
+        live: Request = request._get_current_object()  # type: ignore[attr-defined]
+    except RuntimeError:
+        raise OutsideRequest() from None
     environ = live.environ
     callbacks: RequestCallbacks | None = environ.get(ENVIRON_KEY)
     if callbacks is None:

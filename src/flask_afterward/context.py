@@ -93,13 +93,14 @@ def copy_request_context() -> InRequest[t.Any]:
     adapter to the request now (a few microseconds), and matches the URL again when the
     copy is pushed, which leaves the request's rule and view arguments as they were.
     """
-    return t.cast(InRequest[t.Any], copy_current_request_context(_fill_g_and_call))
+    return t.cast("InRequest[t.Any]", copy_current_request_context(_fill_g_and_call))
 
 
 def _fill_g_and_call(g_data: dict[str, t.Any], fn: cabc.Callable[[], R]) -> R:
     # ``g`` belongs to the context that was just pushed (on Flask < 3.2, to the app
     # context the request context pushed for itself), so it is filled here, inside.
-    vars(g._get_current_object()).update(g_data)
+    if g_data:
+        vars(g._get_current_object()).update(g_data)
     return fn()
 
 
