@@ -23,6 +23,10 @@ from flask import request
 from flask import session
 from flask import url_for
 from flask.testing import FlaskClient
+from flask_login import current_user
+from flask_login import login_user
+from flask_login import LoginManager
+from flask_login import UserMixin
 from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy.orm import Mapped
 from sqlalchemy.orm import mapped_column
@@ -404,3 +408,65 @@ def test_callback_sees_g_as_the_request_left_it_after_its_teardown(
 
     assert seen == [("ada", False)]
     assert len(closed) == 1  # the view's, closed once
+
+
+class _User(UserMixin):
+    def __init__(self, user_id: str) -> None:
+        self.id = user_id
+
+
+@pytest.fixture
+def with_login(app: Flask) -> list[str]:
+    """Flask-Login on the app; returns the ids its user loader was asked for."""
+    loaded: list[str] = []
+    manager = LoginManager(app)
+
+    @manager.user_loader
+    def load(user_id: str) -> _User:
+        loaded.append(user_id)
+        return _User(user_id)
+
+    @app.post("/login/<user_id>")
+    def login(user_id: str) -> str:
+        login_user(_User(user_id))
+        return "in"
+
+    return loaded
+
+
+def test_callback_sees_current_user_the_view_saw(
+    app: Flask, afterward: Afterward, client: FlaskClient, with_login: list[str]
+) -> None:
+    seen: list[object] = []
+
+    @app.get("/me")
+    def me() -> str:
+        assert current_user.id == "ada"  # loaded from the session, kept in g
+        after_this_response(lambda: seen.append((current_user.is_authenticated, current_user.id)))
+        return "ok"
+
+    client.post("/login/ada", buffered=True)
+    client.get("/me", buffered=True)
+    assert afterward.wait_for_callbacks(timeout=5, app=app)
+
+    assert seen == [(True, "ada")]
+    assert with_login == ["ada"]  # the callback did not load the user again
+
+
+def test_callback_loads_current_user_when_the_view_never_looked(
+    app: Flask, afterward: Afterward, client: FlaskClient, with_login: list[str]
+) -> None:
+    seen: list[object] = []
+
+    @app.get("/quiet")
+    def quiet() -> str:
+        after_this_response(lambda: seen.append(current_user.id))
+        return "ok"
+
+    client.post("/login/grace", buffered=True)
+    client.get("/quiet", buffered=True)
+    assert afterward.wait_for_callbacks(timeout=5, app=app)
+
+    # Flask-Login found the user id in the session the callback shares with the view.
+    assert seen == ["grace"]
+    assert with_login == ["grace"]
