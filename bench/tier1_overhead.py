@@ -181,10 +181,13 @@ def _contexts_cost(app: Flask) -> float:
     for _ in range(9):
         started = time.perf_counter()
         for _ in range(2000):
-            with captured.enter():
-                pass
+            captured.run(_nothing)
         best = min(best, (time.perf_counter() - started) / 2000 * 1e6)
     return best
+
+
+def _nothing() -> None:
+    pass
 
 
 def _is_ours(code: object) -> bool:

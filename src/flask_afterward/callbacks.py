@@ -25,11 +25,14 @@ import time
 import typing as t
 
 from flask import current_app
-from flask.globals import app_ctx
-from flask.globals import request_ctx
+from flask import g
+from flask import request
 
 from .config import EXTENSION_KEY
 from .context import CapturedContext
+from .context import copy_request_context
+from .context import detach
+from .context import InRequest
 from .errors import NotInitialized
 from .errors import OutsideRequest
 from .pool import CallbackPool
@@ -40,8 +43,7 @@ if t.TYPE_CHECKING:
     from _typeshed.wsgi import WSGIApplication
     from _typeshed.wsgi import WSGIEnvironment
     from flask import Flask
-    from flask.ctx import AppContext
-    from flask.ctx import RequestContext
+    from flask import Request
 
 logger = logging.getLogger(__name__)
 
@@ -82,17 +84,19 @@ class RequestCallbacks:
     ``on_dropped`` runs instead when the request ended in an unhandled exception
     (tier 2 cancels its deferred jobs there).
 
-    It keeps the request's own contexts, taken when the first callback is added, and
-    the callbacks' context is made from them only on delivery: Flask leaves both
-    objects intact when it pops them, and so nothing runs at the end of a request that
-    has no callbacks (a ``teardown_request`` function would, on every request).
+    When the first callback is added it keeps the request, a copy of its context
+    (:func:`~flask_afterward.context.copy_request_context`) and the live namespace of
+    ``g``, and makes the callbacks' context from them only on delivery, so ``g`` is
+    copied as the request's teardown left it. Nothing runs at the end of a request
+    that has no callbacks (a ``teardown_request`` function would, on every request).
     """
 
     __slots__ = (
         "calls",
         "on_dropped",
-        "request_context",
-        "app_context",
+        "request",
+        "in_request",
+        "g_data",
         "error",
         "status_code",
         "started",
@@ -102,18 +106,25 @@ class RequestCallbacks:
     def __init__(self) -> None:
         self.calls: list[Call] = []
         self.on_dropped: list[Call] = []
-        self.request_context: RequestContext | None = None
-        self.app_context: AppContext | None = None
+        self.request: Request | None = None
+        self.in_request: InRequest[t.Any] | None = None
+        #: ``g``'s own ``__dict__``, not a copy: it is copied on delivery
+        self.g_data: dict[str, t.Any] | None = None
         self.error: BaseException | None = None
         self.status_code: int | None = None
         self.started = time.perf_counter()
         self.is_delivered = False
 
-    def remember(self, request_context: RequestContext) -> None:
-        """Keep the request's contexts (the active ones), unless already kept."""
-        if self.request_context is None:
-            self.request_context = request_context
-            self.app_context = app_ctx._get_current_object()  # type: ignore[attr-defined]
+    def remember(self, live: Request) -> None:
+        """Keep the active request and a copy of its context, unless already kept.
+
+        Once delivered nothing is kept any more: the request holds its environ, which
+        holds these callbacks, and keeping it would leave a reference cycle.
+        """
+        if self.request is None and not self.is_delivered:
+            self.request = live
+            self.g_data = vars(g._get_current_object())
+            self.in_request = copy_request_context()
 
 
 def after_this_response(fn: cabc.Callable[P, object], /, *args: P.args, **kwargs: P.kwargs) -> None:
@@ -155,23 +166,23 @@ def after_this_response(fn: cabc.Callable[P, object], /, *args: P.args, **kwargs
 def current_request_callbacks() -> RequestCallbacks:
     """The current request's :class:`RequestCallbacks`, created on first use."""
     try:
-        context: RequestContext = request_ctx._get_current_object()  # type: ignore[attr-defined]
+        live: Request = request._get_current_object()  # type: ignore[attr-defined]
     except RuntimeError:
         raise OutsideRequest() from None
-    environ = context.request.environ
+    environ = live.environ
     callbacks: RequestCallbacks | None = environ.get(ENVIRON_KEY)
     if callbacks is None:
-        if EXTENSION_KEY not in context.app.extensions:
+        if EXTENSION_KEY not in current_app.extensions:
             raise NotInitialized()
         callbacks = environ[ENVIRON_KEY] = RequestCallbacks()
-    callbacks.remember(context)
+    callbacks.remember(live)
     return callbacks
 
 
-def _existing_callbacks() -> tuple[RequestContext, RequestCallbacks | None]:
-    """The active request context, and its :class:`RequestCallbacks` if it has any."""
-    context: RequestContext = request_ctx._get_current_object()  # type: ignore[attr-defined]
-    return context, context.request.environ.get(ENVIRON_KEY)
+def _existing_callbacks() -> tuple[Request, RequestCallbacks | None]:
+    """The active request, and its :class:`RequestCallbacks` if it has any."""
+    live: Request = request._get_current_object()  # type: ignore[attr-defined]
+    return live, live.environ.get(ENVIRON_KEY)
 
 
 def remember_contexts(sender: Flask, **extra: object) -> None:
@@ -179,9 +190,9 @@ def remember_contexts(sender: Flask, **extra: object) -> None:
 
     Their request may add no callback of its own, yet the hooks run in its context.
     """
-    context, callbacks = _existing_callbacks()
+    live, callbacks = _existing_callbacks()
     if callbacks is not None:
-        callbacks.remember(context)
+        callbacks.remember(live)
 
 
 def record_unhandled_error(sender: Flask, exception: BaseException, **extra: object) -> None:
@@ -222,12 +233,12 @@ class CallbackRunner:
                     "Dropped %d callbacks: the request raised %r.", len(calls), callbacks.error
                 )
             calls = callbacks.on_dropped
-        request_context, app_context = callbacks.request_context, callbacks.app_context
+        live, in_request, g_data = callbacks.request, callbacks.in_request, callbacks.g_data
         # The request holds its environ, which holds these callbacks: without this,
         # every request would leave a reference cycle for the garbage collector.
-        callbacks.request_context = callbacks.app_context = None
+        callbacks.request = callbacks.in_request = callbacks.g_data = None
         if self.response_hooks:
-            rule = None if request_context is None else request_context.request.url_rule
+            rule = None if live is None else live.url_rule
             info = ResponseInfo(
                 method=environ.get("REQUEST_METHOD", ""),
                 path=environ.get("PATH_INFO", ""),
@@ -239,11 +250,12 @@ class CallbackRunner:
             calls = [*calls, *(Call(hook, (info,), {}) for hook in self.response_hooks)]
         if not calls:
             return
-        if request_context is None or app_context is None:
-            context = CapturedContext(self.app, None, None, {}, None)
+        if live is None or in_request is None or g_data is None:
+            context = CapturedContext(self.app, None, {}, None)
         else:
             # Now, inside close(): the server may reuse the environ once it returns.
-            context = CapturedContext.of(app_context, request_context)
+            detach(live)
+            context = CapturedContext(self.app, live, dict(g_data), in_request)
         self.dispatch(context, calls)
 
     def dispatch(self, context: CapturedContext, calls: list[Call]) -> None:
@@ -255,12 +267,15 @@ class CallbackRunner:
 
 def _run_batch(context: CapturedContext, calls: list[Call]) -> None:
     try:
-        with context.enter():
-            for call in calls:
-                _run_isolated(context.app, call)
+        context.run(functools.partial(_run_each, context.app, calls))
     except Exception:
         # Only context set-up or a teardown function can get here.
         logger.exception("Error around after-response callbacks (context or teardown).")
+
+
+def _run_each(app: Flask, calls: list[Call]) -> None:
+    for call in calls:
+        _run_isolated(app, call)
 
 
 def _run_isolated(app: Flask, call: Call) -> None:

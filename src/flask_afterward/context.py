@@ -1,144 +1,115 @@
 """Capture the app and request context during a request; re-enter it in another thread.
 
-Flask pops its contexts in ``wsgi_app`` before the server calls ``close()`` on the
-response, so work that runs after the response has no context of its own. We take a
-snapshot while the request is still active (the same objects
-:func:`flask.copy_current_request_context` keeps: the request and its session) plus a
-shallow copy of ``g``, and later push a fresh app context and a
-:class:`~flask.ctx.RequestContext` built on that same request object. Popping it runs
-the app's teardown functions, so extensions such as Flask-SQLAlchemy clean up exactly
-as they do after a view.
+Flask pops its context in ``wsgi_app`` before the server calls ``close()`` on the
+response, so work that runs after the response has no context of its own. While the
+request is still active we take what :func:`flask.copy_current_request_context` takes
+(we call it: a copy of the request's context holding the same request and session
+objects), and a shallow copy of ``g``, which Flask does not copy. Later, in another
+thread, the copy is pushed, ``g`` is filled in, and popping it runs the app's teardown
+functions, so extensions such as Flask-SQLAlchemy clean up exactly as after a view.
+
+Public API only, on purpose: Flask 3.2 merged ``RequestContext`` into ``AppContext``
+and deprecated ``flask.globals.request_ctx``, which broke the subclass of
+``RequestContext`` this module had. ``copy_current_request_context``, the ``request``
+and ``g`` proxies and ``app.app_context()`` mean the same on Flask 3.0 to 3.2.
 """
 
 from __future__ import annotations
 
-import types
+import collections.abc as cabc
 import typing as t
 
+from flask import copy_current_request_context
+from flask import current_app
+from flask import g
 from flask import has_request_context
-from flask.ctx import RequestContext
-from flask.globals import app_ctx
-from flask.globals import request_ctx
+from flask import request
 from werkzeug.datastructures import EnvironHeaders
 
 if t.TYPE_CHECKING:
     from flask import Flask
     from flask import Request
-    from flask.ctx import AppContext
-    from flask.sessions import SessionMixin
+
+R = t.TypeVar("R")
+
+#: What :func:`copy_current_request_context` returns for :func:`_fill_g_and_call`:
+#: called with a copy of ``g``'s data and a function, it runs the function inside a
+#: copy of the request's context.
+InRequest = cabc.Callable[[dict[str, t.Any], cabc.Callable[[], R]], R]
 
 
 class CapturedContext(t.NamedTuple):
     """The parts of an app and request context that outlive the request.
 
-    The request is a shallow copy with its own copy of the WSGI environ, because a
-    server may empty the environ once the response is closed, to reuse it (uWSGI
-    does). Form data and JSON the view already read stay readable, but the input
-    stream is consumed, so read the body in the view. (A named tuple: one is made for
-    every request with callbacks, and a frozen dataclass costs three times as much.)
+    ``in_request`` holds a copy of the request context (a new one per capture, so a
+    callback never shares per-push state with the view's context, which the test
+    client may keep pushed). The request object is the view's own; a server may empty
+    the WSGI environ once the response is closed, to reuse it (uWSGI does), so
+    :func:`detach` gives the request its own copy first. Form data and JSON the view
+    already read stay readable, but the input stream is consumed, so read the body in
+    the view. (A named tuple: one is made for every request with callbacks, and a
+    frozen dataclass costs three times as much.)
     """
 
     app: Flask
+    #: None when captured in an app context without a request
     request: Request | None
-    session: SessionMixin | None
+    #: a copy of ``g``'s attributes, given to every entry afresh
     g_data: dict[str, t.Any]
-    #: the request's own context, which Flask is done with by the time we enter it
-    request_context: RequestContext | None
+    #: runs a function in a copy of the request's context; None without a request
+    in_request: InRequest[t.Any] | None
 
     @classmethod
     def capture(cls) -> CapturedContext:
-        """Snapshot the active context. Needs an app context; a request one is optional."""
-        app_context: AppContext = app_ctx._get_current_object()  # type: ignore[attr-defined]
-        if not has_request_context():
-            return cls(app_context.app, None, None, dict(vars(app_context.g)), None)
-        return cls.of(app_context, request_ctx._get_current_object())  # type: ignore[attr-defined]
+        """Snapshot the active context. Needs an app context; a request one is optional.
 
-    @classmethod
-    def of(cls, app_context: AppContext, request_context: RequestContext) -> CapturedContext:
-        """Snapshot these active contexts (what :meth:`capture` does, given them)."""
-        return cls(
-            app_context.app,
-            _detached(request_context.request),
-            request_context.session,
-            dict(vars(app_context.g)),
-            request_context,
-        )
-
-    def enter(self) -> Entered:
-        """Push an app context (with the copied ``g``) and, if captured, the request.
-
-        Use it as a context manager; leaving it pops both and runs the teardown
-        functions.
+        :raises RuntimeError: outside an app context (Flask's own error).
         """
-        return Entered(self)
+        app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
+        g_data = dict(vars(g._get_current_object()))
+        if not has_request_context():
+            return cls(app, None, g_data, None)
+        live: Request = request._get_current_object()  # type: ignore[attr-defined]
+        return cls(app, live, g_data, copy_request_context())
+
+    def run(self, fn: cabc.Callable[[], R]) -> R:
+        """Call ``fn`` inside the captured context, with a fresh copy of ``g``.
+
+        The context is pushed around the call and popped after it, which runs the
+        teardown functions; an error they raise propagates (Flask's own behaviour).
+        """
+        if self.in_request is not None:
+            return t.cast(R, self.in_request(self.g_data, fn))
+        context = self.app.app_context()
+        vars(context.g).update(self.g_data)
+        with context:
+            return fn()
 
 
-class Entered:
-    """A :class:`CapturedContext`, pushed; ``with`` pops it again.
+def copy_request_context() -> InRequest[t.Any]:
+    """A function that runs another inside a copy of the active request context.
 
-    A class rather than :func:`contextlib.contextmanager`: this runs for every request
-    that has callbacks, and a generator costs a microsecond more.
+    :func:`flask.copy_current_request_context` does the copying; it binds a URL
+    adapter to the request now (a few microseconds), and matches the URL again when the
+    copy is pushed, which leaves the request's rule and view arguments as they were.
     """
-
-    __slots__ = ("_app_context", "_request_context")
-
-    def __init__(self, captured: CapturedContext) -> None:
-        self._app_context: AppContext = captured.app.app_context()
-        vars(self._app_context.g).update(captured.g_data)
-        self._request_context: RequestContext | None = None
-        if captured.request is not None and captured.request_context is not None:
-            self._request_context = _ReenteredRequestContext(
-                captured.request_context, captured.request
-            )
-
-    def __enter__(self) -> None:
-        self._app_context.push()
-        if self._request_context is not None:
-            try:
-                self._request_context.push()
-            except BaseException:
-                self._app_context.pop()
-                raise
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        error: BaseException | None,
-        traceback: types.TracebackType | None,
-    ) -> None:
-        try:
-            if self._request_context is not None:
-                self._request_context.pop(error)
-        finally:
-            self._app_context.pop(error)
+    return t.cast("InRequest[t.Any]", copy_current_request_context(_fill_g_and_call))
 
 
-class _ReenteredRequestContext(RequestContext):
-    """The request's own context, entered again after the response, on a request copy.
+def _fill_g_and_call(g_data: dict[str, t.Any], fn: cabc.Callable[[], R]) -> R:
+    # ``g`` belongs to the context that was just pushed (on Flask < 3.2, to the app
+    # context the request context pushed for itself), so it is filled here, inside.
+    if g_data:
+        vars(g._get_current_object()).update(g_data)
+    return fn()
 
-    Built from the context Flask made for the request instead of anew: a new one binds
-    a URL adapter to the environ and matches the URL again, which was a third of what
-    running a no-op callback cost. Popping it runs the teardown functions, as Flask's
-    pop after a view does.
+
+def detach(live: Request) -> None:
+    """Give ``live`` its own copy of the WSGI environ, which the server may reuse.
+
+    Done in place, on the view's request, once Flask is done with it (its context
+    popped, the response closed): what it parsed (args, form, JSON) stays, and its
+    headers are read again from the copy.
     """
-
-    def __init__(self, original: RequestContext, request: Request) -> None:
-        # Not super().__init__(): that builds what we copy here. The URL adapter,
-        # session and flashes are the request's; the per-push state is our own.
-        vars(self).update(vars(original))
-        self.request = request
-        self._after_request_functions = []
-        self._cv_tokens = []
-
-    def match_request(self) -> None:
-        """Matched during the request: the request copy keeps its rule and view args."""
-
-
-def _detached(live: Request) -> Request:
-    """``live``, sharing what it parsed (args, form, JSON), on a copy of its environ."""
-    detached: Request = object.__new__(type(live))
-    vars(detached).update(vars(live))
-    detached.environ = dict(live.environ)
-    # The headers read straight from the environ they were made with.
-    detached.headers = EnvironHeaders(detached.environ)
-    return detached
+    live.environ = dict(live.environ)
+    live.headers = EnvironHeaders(live.environ)

@@ -75,3 +75,11 @@ class JobTimeout(AfterwardError, TimeoutError):
 
 class MissingDependency(AfterwardError, ImportError):
     """An optional dependency is not installed; the message names the extra to install."""
+
+
+class UnsupportedVersion(AfterwardError, ValueError):
+    """A stored job payload or result is in a format version this release cannot read.
+
+    It was probably written by a newer flask-afterward: upgrade this one, or let the
+    release that wrote it finish its jobs.
+    """

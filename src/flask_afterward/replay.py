@@ -17,10 +17,13 @@ character of the path); a body the app already parsed as a form (a CSRF hook rea
 from __future__ import annotations
 
 import base64
+import collections.abc as cabc
+import inspect
 import typing as t
 import urllib.parse
 
 from flask import current_app
+from flask import Flask
 from flask import request
 from werkzeug.datastructures import MultiDict
 from werkzeug.test import encode_multipart
@@ -32,6 +35,7 @@ from .callbacks import RequestCallbacks
 from .config import EXTENSION_KEY
 from .errors import JobCancelled
 from .errors import JobTimeout
+from .errors import UnsupportedVersion
 from .jobs import current_job
 from .jobs import reset_current
 from .jobs import RunningJob
@@ -39,7 +43,6 @@ from .jobs import set_current
 from .serializers import loads
 
 if t.TYPE_CHECKING:
-    from flask import Flask
     from flask import Response
 
     from .records import JobRecord
@@ -56,7 +59,52 @@ _FORM_TYPES: t.Final = frozenset({"application/x-www-form-urlencoded", "multipar
 #: Characters a request URI keeps unquoted (RFC 3986 pchar and "/").
 _URI_SAFE: t.Final = "/:@!$&'()*+,;=-._~"
 
-CapturedRequest = dict[str, t.Any]
+#: The version of :class:`CapturedRequest` and :class:`StoredResponse` this code writes.
+FORMAT_VERSION: t.Final = 1
+
+
+class CapturedRequest(t.TypedDict):
+    """A request as stored (JSON) in an accepted view's job, to be replayed.
+
+    Stored jobs outlive a deploy, so the shape is versioned: a later release that
+    changes it bumps ``version`` and upgrades older rows in :func:`checked_request`.
+    Rows written before the key existed are version 1. Lists stand for pairs, because
+    JSON has no tuples.
+    """
+
+    version: int  #: :data:`FORMAT_VERSION` when written
+    method: str
+    scheme: str
+    host: str
+    server: list[str]  #: ``[SERVER_NAME, SERVER_PORT]``
+    script_name: str
+    path_info: str  #: as the server gave it, not decoded; the replay uses it
+    path: str  #: decoded, for people reading the job
+    query_string: str
+    headers: list[list[str]]  #: ``[name, value]`` pairs, secrets and rebuilt ones left out
+    body: str  #: base64
+    remote_addr: str | None
+    endpoint: str | None
+    view_args: dict[str, t.Any]
+
+
+class StoredResponse(t.TypedDict):
+    """An accepted view's response, as stored (JSON) for its result URL.
+
+    Versioned like :class:`CapturedRequest`; results stored before the key existed
+    are version 1.
+    """
+
+    version: int  #: :data:`FORMAT_VERSION` when written
+    status: int
+    headers: list[list[str]]  #: ``[name, value]`` pairs, without Content-Length
+    body: str  #: base64
+
+
+#: Whether ``Flask.full_dispatch_request`` takes the context (Flask >= 3.2).
+_DISPATCH_TAKES_CONTEXT: t.Final = (
+    "ctx" in inspect.signature(Flask.full_dispatch_request).parameters
+)
 
 
 def capture_request() -> tuple[CapturedRequest, dict[str, str]]:
@@ -67,17 +115,18 @@ def capture_request() -> tuple[CapturedRequest, dict[str, str]]:
     caller bounds its size.
     """
     environ = request.environ
-    headers: list[tuple[str, str]] = []
+    headers: list[list[str]] = []
     secrets: dict[str, str] = {}
     body, content_type = _body()
     for name, value in request.headers.items():
         if name.lower() in SECRET_HEADERS:
             secrets[name] = value
         elif name.lower() == "content-type" and content_type is not None:
-            headers.append((name, content_type))
+            headers.append([name, content_type])
         elif name.lower() not in _REBUILT_HEADERS:
-            headers.append((name, value))
-    captured = {
+            headers.append([name, value])
+    captured: CapturedRequest = {
+        "version": FORMAT_VERSION,
         "method": request.method,
         "scheme": request.scheme,
         "host": request.host,
@@ -93,6 +142,28 @@ def capture_request() -> tuple[CapturedRequest, dict[str, str]]:
         "view_args": request.view_args or {},
     }
     return captured, secrets
+
+
+def checked_request(data: cabc.Mapping[str, t.Any]) -> CapturedRequest:
+    """``data`` as a :class:`CapturedRequest` of the current version.
+
+    :raises UnsupportedVersion: when it was written in a version this code does not
+        know (by a newer flask-afterward).
+    """
+    _check_version(data, "captured request")
+    return t.cast(CapturedRequest, {**data, "version": FORMAT_VERSION})
+
+
+def _check_version(data: cabc.Mapping[str, t.Any], what: str) -> None:
+    # Rows written before the formats had a version are version 1.
+    version = data.get("version", 1)
+    if version != FORMAT_VERSION:
+        raise UnsupportedVersion(
+            f"This stored {what} has format version {version!r}, but this release of"
+            f" flask-afterward reads only version {FORMAT_VERSION}. It was probably"
+            " written by a newer release: upgrade this one, or let the release that"
+            " wrote it finish its jobs."
+        )
 
 
 def _body() -> tuple[bytes, str | None]:
@@ -119,9 +190,9 @@ def _body() -> tuple[bytes, str | None]:
 def rebuild_environ(captured: CapturedRequest, secrets: dict[str, str]) -> dict[str, t.Any]:
     """A WSGI environ equivalent to the captured request."""
     server_name, server_port = captured["server"]
-    script_name: str = captured["script_name"]
-    path_info: str = captured["path_info"]
-    query_string: str = captured["query_string"]
+    script_name = captured["script_name"]
+    path_info = captured["path_info"]
+    query_string = captured["query_string"]
     uri = urllib.parse.quote((script_name + path_info).encode("latin-1"), safe=_URI_SAFE)
     if query_string:
         uri += "?" + query_string
@@ -136,11 +207,13 @@ def rebuild_environ(captured: CapturedRequest, secrets: dict[str, str]) -> dict[
         "REQUEST_URI": uri,
         "RAW_URI": uri,
     }
-    if captured["remote_addr"] is not None:
-        overrides["REMOTE_ADDR"] = captured["remote_addr"]
+    remote_addr = captured["remote_addr"]
+    if remote_addr is not None:
+        overrides["REMOTE_ADDR"] = remote_addr
+    headers = [(name, value) for name, value in captured["headers"]]
     builder = EnvironBuilder(
         method=captured["method"],
-        headers=[*captured["headers"], *secrets.items()],
+        headers=[*headers, *secrets.items()],
         data=base64.b64decode(captured["body"]),
         environ_overrides=overrides,
     )
@@ -150,14 +223,15 @@ def rebuild_environ(captured: CapturedRequest, secrets: dict[str, str]) -> dict[
         builder.close()
 
 
-def replay(captured: CapturedRequest, secrets: dict[str, str], job_id: str) -> dict[str, t.Any]:
+def replay(captured: CapturedRequest, secrets: dict[str, str], job_id: str) -> StoredResponse:
     """Dispatch the captured request through the current app; return its response as data."""
     app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
     environ = rebuild_environ(captured, secrets)
     environ[REPLAY_KEY] = job_id
     try:
-        with app.request_context(environ):
-            response = app.full_dispatch_request()
+        context = app.request_context(environ)
+        with context:
+            response = _full_dispatch_request(app, context)
             deferred: RequestCallbacks | None = environ.get(ENVIRON_KEY)
             if deferred is not None:
                 deferred.status_code = response.status_code
@@ -171,6 +245,18 @@ def replay(captured: CapturedRequest, secrets: dict[str, str], job_id: str) -> d
         # its after_this_response callbacks, and the release (or, if the view raised,
         # the cancel) of its .after_response() jobs.
         _deliver_replayed(app, environ)
+
+
+def _full_dispatch_request(app: Flask, context: t.Any) -> Response:
+    """``app.full_dispatch_request`` in the pushed ``context``, on every Flask we support.
+
+    Flask 3.2 passes the context in (``full_dispatch_request(ctx)``); before, the method
+    took no argument and found the context itself. Its public signature tells which.
+    """
+    if _DISPATCH_TAKES_CONTEXT:
+        dispatch = t.cast("t.Callable[[t.Any], Response]", app.full_dispatch_request)
+        return dispatch(context)
+    return app.full_dispatch_request()
 
 
 def _deliver_replayed(app: Flask, environ: dict[str, t.Any]) -> None:
@@ -197,33 +283,41 @@ def _drop_session_cookie(app: Flask, response: Response) -> None:
             response.headers.add("Set-Cookie", cookie)
 
 
-def encode_response(response: Response) -> dict[str, t.Any]:
+def encode_response(response: Response) -> StoredResponse:
     """Status, headers and body of a response, as JSON-ready data."""
     # send_file() answers in passthrough mode, for the server to send the file; read
     # it now instead (it may be gone when the result is fetched).
     response.direct_passthrough = False
     body = response.get_data()
     headers = [
-        (name, value)
+        [name, value]
         for name, value in response.headers.items()
         if name.lower() != "content-length"
     ]
     return {
+        "version": FORMAT_VERSION,
         "status": response.status_code,
         "headers": headers,
         "body": base64.b64encode(body).decode("ascii"),
     }
 
 
-def decode_response(data: dict[str, t.Any]) -> Response:
-    """The response :func:`encode_response` stored, ready to send again."""
-    response = current_app.response_class(
-        base64.b64decode(data["body"]), status=data["status"], headers=data["headers"]
+def decode_response(data: cabc.Mapping[str, t.Any]) -> Response:
+    """The response :func:`encode_response` stored, ready to send again.
+
+    :raises UnsupportedVersion: when it was stored in a format version this code
+        does not know (by a newer flask-afterward).
+    """
+    _check_version(data, "response")
+    stored = t.cast(StoredResponse, data)
+    return current_app.response_class(
+        base64.b64decode(stored["body"]),
+        status=stored["status"],
+        headers=[(name, value) for name, value in stored["headers"]],
     )
-    return response
 
 
-def run_accepted_view(captured: CapturedRequest) -> dict[str, t.Any]:
+def run_accepted_view(captured: CapturedRequest) -> StoredResponse:
     """The built-in task behind ``@afterward.accepted``: replay the request here.
 
     A cancel or timeout raised by ``progress()`` in the view ends the job even when an
@@ -243,7 +337,7 @@ def run_accepted_view(captured: CapturedRequest) -> dict[str, t.Any]:
     secrets = loads(record.secrets) if record.secrets else {}
     token = set_current(RunningJob(record, report))
     try:
-        response = replay(captured, secrets, record.id)
+        response = replay(checked_request(captured), secrets, record.id)
     finally:
         reset_current(token)
     if stopped:
