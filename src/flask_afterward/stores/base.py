@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import collections.abc as cabc
 import dataclasses
+import importlib.resources
 import logging
 import math
 import time
@@ -59,6 +60,22 @@ LOST_ERROR = (
 #: What :meth:`QueueStore.complete_and_claim_many` returns: whether each success was
 #: recorded, and the jobs claimed, best first.
 Batch: t.TypeAlias = tuple[list[bool], list[JobRecord]]
+
+
+def read_sections(package: str, filename: str, *, drop_comments: bool) -> dict[str, str]:
+    """The named sections of a query file shipped beside a store, procrastinate-style:
+    each starts at a ``-- name --`` line and runs to the next one. With
+    ``drop_comments``, other full-line ``--`` comments are left out too."""
+    text = importlib.resources.files(package).joinpath(filename).read_text()
+    sections: dict[str, str] = {}
+    name = None
+    for line in text.splitlines():
+        if line.startswith("-- ") and line.endswith(" --") and " " not in line[3:-3]:
+            name = line[3:-3]
+            sections[name] = ""
+        elif name is not None and not (drop_comments and line.startswith("--")):
+            sections[name] += line + "\n"
+    return sections
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -48,7 +48,6 @@ from __future__ import annotations
 import builtins
 import collections.abc as cabc
 import dataclasses
-import importlib.resources
 import json
 import time
 import typing as t
@@ -64,6 +63,7 @@ from ..records import TERMINAL
 from .base import Batch
 from .base import LOST_ERROR
 from .base import LOST_WORKER_ATTEMPTS
+from .base import read_sections
 from .base import Stats
 
 try:
@@ -105,15 +105,7 @@ _DECODERS: t.Final[dict[str, cabc.Callable[[str], t.Any]]] = {name: str for name
 
 
 def _load_scripts() -> dict[str, str]:
-    text = importlib.resources.files(__package__).joinpath("redis.lua").read_text()
-    scripts: dict[str, str] = {}
-    name = None
-    for line in text.splitlines():
-        if line.startswith("-- ") and line.endswith(" --") and " " not in line[3:-3]:
-            name = line[3:-3]
-            scripts[name] = ""
-        elif name is not None:
-            scripts[name] += line + "\n"
+    scripts = read_sections(__package__, "redis.lua", drop_comments=False)
     common = scripts.pop("common")
     return {name: common + body for name, body in scripts.items()}
 

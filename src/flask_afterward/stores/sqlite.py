@@ -22,7 +22,6 @@ from __future__ import annotations
 import builtins
 import collections.abc as cabc
 import dataclasses
-import importlib.resources
 import json
 import logging
 import operator
@@ -51,6 +50,7 @@ from .base import LOST_WORKER_ATTEMPTS
 from .base import Minute
 from .base import Overview
 from .base import Page
+from .base import read_sections
 from .base import roll_up_minutes
 from .base import ROLLUP_LAG
 from .base import SERIES_KEEP
@@ -93,15 +93,7 @@ _COLUMNS: t.Final = ", ".join(_FIELDS)
 
 
 def _load_queries() -> dict[str, str]:
-    text = importlib.resources.files(__package__).joinpath("sqlite.sql").read_text()
-    queries: dict[str, str] = {}
-    name = None
-    for line in text.splitlines():
-        if line.startswith("-- ") and line.endswith(" --") and " " not in line[3:-3]:
-            name = line[3:-3]
-            queries[name] = ""
-        elif name is not None and not line.startswith("--"):
-            queries[name] += line + "\n"
+    queries = read_sections(__package__, "sqlite.sql", drop_comments=True)
     fragments = {
         "{columns}": _COLUMNS,
         "{placeholders}": ", ".join("?" * len(_FIELDS)),
